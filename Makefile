@@ -1,0 +1,25 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.adadiff-installed
+
+.PHONY: demo test install embedded-model benchmark
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -c constraints.txt -e ".[trainer,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m adadiff.trainer demo
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/policy_speed.py

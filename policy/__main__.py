@@ -1,0 +1,74 @@
+"""`python -m adadiff.policy inspect FILE` and `python -m adadiff.policy init --out FILE ...`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import PolicyFileError
+from .fileformat import read_metadata, save_policy
+from .network import PAPER_OPTIONS, PolicyConfig, init_policy
+
+
+def _parse_options(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"step options must be comma-separated integers, got {text!r}") from None
+
+
+def describe(path: Path) -> str:
+    """A policy's metadata in plain words."""
+    meta = read_metadata(path)
+    config, info = meta["config"], meta["info"]
+    size_mb = path.stat().st_size / 2**20
+    base = info.get("base_model") or {}
+    lines = [
+        f"AdaDiff policy {path.name} ({size_mb:.2f} MB, format version {meta['format_version']})",
+        f"  step options:   {', '.join(str(o) for o in config['options'])}",
+        f"  reads:          {config['token_dim']}-wide token states"
+        + (f" and a {config['pooled_dim']}-wide pooled vector" if config["pooled_dim"] else " (no pooled vector)"),
+        f"  network:        {config['depth']} attention layers, width {config['width']}, {config['heads']} heads",
+        f"  model family:   {info.get('model_family', 'not recorded')}",
+        f"  base model:     {base.get('name', 'not recorded')}"
+        + (f" (fingerprint {base['fingerprint']})" if base.get("fingerprint") else ""),
+    ]
+    for key in ("sampling", "reward", "summary"):
+        value = info.get(key)
+        text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) and value else "not recorded"
+        lines.append(f"  {key + ':':15} {text}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m adadiff.policy", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    inspect = commands.add_parser("inspect", help="print a policy file's metadata and size")
+    inspect.add_argument("file", type=Path)
+    init = commands.add_parser("init", help="write an untrained, randomly initialised policy")
+    init.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    init.add_argument("--token-dim", type=int, required=True, help="width of the host's token states (768 SD1.x)")
+    init.add_argument("--pooled-dim", type=int, default=0, help="width of the pooled vector (1280 SDXL; 0 = none)")
+    init.add_argument("--options", type=_parse_options, default=PAPER_OPTIONS, help="comma-separated step options")
+    init.add_argument("--seed", type=int, default=0, help="initialisation seed")
+    init.add_argument("--model-family", default="unknown", help="recorded in the file, e.g. sd15 or sdxl")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "inspect":
+            print(describe(args.file))
+            return 0
+        if args.out.exists() and not args.force:
+            print(f"error: {args.out} exists; pass --force to overwrite it", file=sys.stderr)
+            return 2
+        config = PolicyConfig(options=args.options, token_dim=args.token_dim, pooled_dim=args.pooled_dim)
+        policy = init_policy(config, args.seed, info={"model_family": args.model_family, "summary": {"trained": False}})
+        print(f"wrote untrained policy {save_policy(policy, args.out)}")
+        return 0
+    except (PolicyFileError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

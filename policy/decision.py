@@ -1,0 +1,98 @@
+"""From a prompt batch to one step count: argmax, a quality/speed knob, user limits, one count per batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import FeatureMismatchError
+from .features import PolicyFeatures, policy_features
+from .network import StepPolicy
+
+# Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
+QUALITY_BIAS_SCALE = 5.0
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """What the policy decided for a batch and why."""
+
+    steps: int  # the count the sampler should run: the most demanding prompt's
+    per_prompt: tuple[int, ...]  # each prompt's own count, after bias and limits
+    probs: torch.Tensor  # [B, n_options] fp32 CPU, the policy's distribution before the knob
+    options: tuple[int, ...]
+
+    def summary(self) -> str:
+        """One readable line per prompt: chosen steps and the distribution."""
+        lines = [f"AdaDiff: {self.steps} steps"]
+        for index, (steps, probs) in enumerate(zip(self.per_prompt, self.probs.tolist())):
+            dist = ", ".join(f"{o}:{p:.2f}" for o, p in zip(self.options, probs))
+            lines.append(f"prompt {index}: {steps} steps ({dist})")
+        return "\n".join(lines)
+
+
+def check_features(policy: StepPolicy, features: PolicyFeatures) -> None:
+    """Refuse conditioning of another model family with a message that says which widths differ."""
+    config = policy.config
+    if features.token_dim != config.token_dim:
+        raise FeatureMismatchError(
+            f"policy {policy.name} expects {config.token_dim}-wide conditioning, got {features.token_dim}: it was "
+            f"trained for {policy.info.get('model_family', 'another model')}; pick a policy made for this checkpoint"
+        )
+    if config.pooled_dim and features.pooled_dim != config.pooled_dim:
+        got = "none" if features.pooled is None else f"{features.pooled_dim}-wide"
+        raise FeatureMismatchError(
+            f"policy {policy.name} expects a {config.pooled_dim}-wide pooled text vector, got {got}: "
+            "pick a policy made for this checkpoint"
+        )
+
+
+@torch.inference_mode()
+def option_logits(policy: StepPolicy, features: PolicyFeatures) -> torch.Tensor:
+    """The policy's logits [B, n] in fp32 on CPU, whatever device and dtype the conditioning came in."""
+    check_features(policy, features)
+    device = next(policy.parameters()).device
+    pooled = None
+    if policy.config.pooled_dim:
+        pooled = features.pooled.to(device, torch.float32)
+    was_training = policy.training
+    policy.eval()
+    try:
+        logits = policy(features.tokens.to(device, torch.float32), features.mask.to(device), pooled)
+    finally:
+        policy.train(was_training)
+    return logits.float().cpu()
+
+
+def choose_steps(
+    policy: StepPolicy,
+    conditioning,
+    *,
+    quality_bias: float = 0.0,
+    min_steps: int | None = None,
+    max_steps: int | None = None,
+) -> StepChoice:
+    """Pick a step count for a prompt batch.
+
+    ``quality_bias`` shifts choices without retraining: positive values favour more steps, negative fewer, 0 is
+    the policy as trained. For each prompt the choice is ``argmax(log p + bias * position)``, where position runs
+    from 0 (fewest-step option) to 1 (most); the argmax of lines with increasing slopes never moves to fewer steps
+    as the bias grows, so the knob is monotonic. ``min_steps``/``max_steps`` then clamp each count.
+    """
+    if min_steps is not None and max_steps is not None and min_steps > max_steps:
+        raise ValueError(f"min_steps ({min_steps}) is larger than max_steps ({max_steps})")
+    features = policy_features(conditioning)
+    logits = option_logits(policy, features)
+    options = policy.config.options
+    log_probs = torch.log_softmax(logits, -1)
+    position = torch.tensor([(o - options[0]) / (options[-1] - options[0]) for o in options])
+    scores = log_probs + quality_bias * QUALITY_BIAS_SCALE * position
+    per_prompt = []
+    for index in scores.argmax(-1).tolist():
+        steps = options[index]
+        if min_steps is not None:
+            steps = max(steps, min_steps)
+        if max_steps is not None:
+            steps = min(steps, max_steps)
+        per_prompt.append(steps)
+    return StepChoice(max(per_prompt), tuple(per_prompt), log_probs.exp(), options)

@@ -1,0 +1,110 @@
+"""Turn what each host hands over into one policy input.
+
+Every host ends up with the same underlying text-encoder output, only wrapped differently:
+
+* ComfyUI CONDITIONING: ``[[cond [B, 77*k, D], {"pooled_output": [B, P], ...}], ...]``
+* A1111 ``get_learned_conditioning``: a tensor ``[B, 77*k, D]`` (SD1.x/2.x) or, for SDXL, a dict
+  ``{"crossattn": [B, 77*k, 2048], "vector": [B, 2816]}`` whose first 1280 columns are the pooled CLIP-G output
+  (the rest are size/crop embeddings);
+* diffusers: ``prompt_embeds [B, 77, D]`` and, for SDXL, ``pooled_prompt_embeds [B, 1280]``.
+
+Long prompts arrive as several 77-token chunks concatenated along the token axis; the policy attends over all of
+them. Several ComfyUI conditioning entries (e.g. from Conditioning Combine) become several rows of the batch, padded
+to the longest and masked, so each is judged as a prompt of its own; the decision for a batch is the most demanding
+row's (see :mod:`.decision`). Nothing is converted here: dtype and device are left to the policy, which decides in fp32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+SDXL_POOLED_WIDTH = 1280
+
+
+@dataclass(frozen=True)
+class PolicyFeatures:
+    """A batch of prompts as the policy reads them."""
+
+    tokens: torch.Tensor  # [B, T, D]
+    mask: torch.Tensor  # [B, T] bool, True where a token came from the host (False = padding added here)
+    pooled: torch.Tensor | None = None  # [B, P] or None when the host gives no pooled vector
+
+    @property
+    def batch_size(self) -> int:
+        return self.tokens.shape[0]
+
+    @property
+    def token_dim(self) -> int:
+        return self.tokens.shape[-1]
+
+    @property
+    def pooled_dim(self) -> int:
+        return 0 if self.pooled is None else self.pooled.shape[-1]
+
+
+def policy_features(conditioning: Any, pooled: torch.Tensor | None = None) -> PolicyFeatures:
+    """Build policy input from a host's text conditioning (ComfyUI list, A1111 tensor/dict, diffusers tensors)."""
+    if isinstance(conditioning, PolicyFeatures):
+        return conditioning
+    if isinstance(conditioning, (list, tuple)):
+        return _from_comfy(conditioning)
+    if isinstance(conditioning, dict):
+        return _from_sdxl_dict(conditioning)
+    if isinstance(conditioning, torch.Tensor):
+        return _from_tensors([conditioning], [pooled] if pooled is not None else None)
+    raise TypeError(
+        f"cannot read prompt conditioning of type {type(conditioning).__name__}: expected a ComfyUI CONDITIONING "
+        "list, an A1111 conditioning tensor or SDXL dict, or a diffusers prompt_embeds tensor"
+    )
+
+
+def _from_comfy(conditioning: list | tuple) -> PolicyFeatures:
+    if len(conditioning) == 0:
+        raise ValueError("the conditioning is empty: connect the positive prompt's CONDITIONING output")
+    tokens, pooled = [], []
+    for index, entry in enumerate(conditioning):
+        if not (isinstance(entry, (list, tuple)) and len(entry) >= 1 and isinstance(entry[0], torch.Tensor)):
+            raise TypeError(f"conditioning entry {index} is not a [tensor, dict] pair as ComfyUI makes them")
+        extras = entry[1] if len(entry) > 1 and isinstance(entry[1], dict) else {}
+        tokens.append(entry[0])
+        pooled.append(extras.get("pooled_output"))
+    has_pooled = all(p is not None for p in pooled)
+    return _from_tensors(tokens, pooled if has_pooled else None)
+
+
+def _from_sdxl_dict(conditioning: dict) -> PolicyFeatures:
+    if "crossattn" not in conditioning:
+        raise TypeError(f"SDXL conditioning dict has no 'crossattn' entry (keys: {sorted(conditioning)})")
+    vector = conditioning.get("vector")
+    pooled = None if vector is None else [vector[..., :SDXL_POOLED_WIDTH]]
+    return _from_tensors([conditioning["crossattn"]], pooled)
+
+
+def _from_tensors(tokens: list[torch.Tensor], pooled: list[torch.Tensor] | None) -> PolicyFeatures:
+    """Stack [B_i, T_i, D] pieces into one padded, masked batch."""
+    tokens = [t.unsqueeze(0) if t.dim() == 2 else t for t in tokens]
+    for t in tokens:
+        if t.dim() != 3:
+            raise ValueError(f"prompt conditioning must be [batch, tokens, width], got shape {tuple(t.shape)}")
+        if t.shape[0] == 0 or t.shape[1] == 0:
+            raise ValueError(f"prompt conditioning is empty (shape {tuple(t.shape)})")
+    widths = {t.shape[-1] for t in tokens}
+    if len(widths) > 1:
+        raise ValueError(f"conditioning entries have different widths {sorted(widths)}: they come from different models")
+    longest = max(t.shape[1] for t in tokens)
+    device, dtype = tokens[0].device, tokens[0].dtype
+    padded, masks = [], []
+    for t in tokens:
+        batch, length, width = t.shape
+        pad = longest - length
+        padded.append(torch.cat([t.to(device, dtype), t.new_zeros(batch, pad, width, dtype=dtype, device=device)], 1))
+        mask = torch.zeros(batch, longest, dtype=torch.bool, device=device)
+        mask[:, :length] = True
+        masks.append(mask)
+    pooled_batch = None
+    if pooled is not None:
+        pooled = [p.unsqueeze(0) if p.dim() == 1 else p for p in pooled]
+        pooled_batch = torch.cat([p.to(device, dtype) for p in pooled], 0)
+    return PolicyFeatures(torch.cat(padded, 0), torch.cat(masks, 0), pooled_batch)

@@ -1,0 +1,127 @@
+"""The step policy network: self-attention over the prompt's token states, masked pooling, MLP head.
+
+The paper's shape (3 attention layers, pooling, MLP) at a width that keeps the file a few MB and a decision far
+below one UNet step. Hosts' CLIP states carry a few huge-magnitude channels, so the input is layer-normalised
+before projection.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PAPER_OPTIONS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
+
+
+# Upper bounds that keep a crafted file from making the loader allocate gigabytes.
+_SIZE_LIMITS = {"token_dim": 16384, "pooled_dim": 16384, "width": 2048, "depth": 12, "heads": 64, "ff_mult": 8}
+
+
+def _whole_number(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """Everything needed to rebuild the network; saved in the policy file."""
+
+    options: tuple[int, ...] = PAPER_OPTIONS
+    token_dim: int = 768
+    pooled_dim: int = 0  # 0: the policy reads no pooled vector (A1111 gives none for SD1.x/2.x)
+    width: int = 128
+    depth: int = 3
+    heads: int = 4
+    ff_mult: int = 2
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", tuple(_whole_number("step option", o) for o in self.options))
+        for name, limit in _SIZE_LIMITS.items():
+            value = _whole_number(name, getattr(self, name))
+            if not 0 <= value <= limit:
+                raise ValueError(f"{name} must be between 0 and {limit}, got {value}")
+        if not 0.0 <= float(self.dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not 2 <= len(self.options) <= 256:
+            raise ValueError(f"a policy needs 2 to 256 step options, got {len(self.options)}")
+        if list(self.options) != sorted(set(self.options)) or self.options[0] < 1:
+            raise ValueError(f"step options must be distinct positive integers in increasing order, got {self.options}")
+        for name in ("token_dim", "width", "depth", "heads", "ff_mult"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PolicyConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown policy settings {sorted(unknown)}")
+        return cls(**values)
+
+
+class StepPolicy(nn.Module):
+    """Logits over step options for a batch of prompts.
+
+    ``info`` holds the file's descriptive metadata (base model, sampler, reward, training summary) and ``source``
+    the file it was loaded from, so errors and summaries can name it.
+    """
+
+    def __init__(self, config: PolicyConfig, info: dict | None = None, source: str | None = None):
+        super().__init__()
+        self.config = config
+        self.info = dict(info or {})
+        self.source = source
+        self.token_norm = nn.LayerNorm(config.token_dim)
+        self.token_proj = nn.Linear(config.token_dim, config.width)
+        layer = nn.TransformerEncoderLayer(
+            config.width,
+            config.heads,
+            dim_feedforward=config.width * config.ff_mult,
+            dropout=config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
+        self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
+        self.out_norm = nn.LayerNorm(config.width)
+        if config.pooled_dim:
+            self.pooled_norm = nn.LayerNorm(config.pooled_dim)
+            self.pooled_proj = nn.Linear(config.pooled_dim, config.width)
+        head_in = config.width * (2 if config.pooled_dim else 1)
+        self.head = nn.Sequential(nn.Linear(head_in, config.width), nn.GELU(), nn.Linear(config.width, len(config.options)))
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """tokens [B, T, D] fp32, mask [B, T] bool (True = real token), pooled [B, P] or None -> logits [B, n]."""
+        x = self.token_proj(self.token_norm(tokens))
+        x = self.out_norm(self.encoder(x, src_key_padding_mask=~mask))
+        weights = mask.unsqueeze(-1).to(x.dtype)
+        summary = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        if self.config.pooled_dim:
+            summary = torch.cat([summary, self.pooled_proj(self.pooled_norm(pooled))], -1)
+        return self.head(summary)
+
+    @property
+    def name(self) -> str:
+        """How messages refer to this policy: its file name, or its base model when never saved."""
+        if self.source:
+            return Path(self.source).name
+        return f"unsaved policy for {self.info.get('model_family', 'unknown model')}"
+
+
+def init_policy(config: PolicyConfig, seed: int = 0, info: dict | None = None) -> StepPolicy:
+    """A freshly initialised policy; the same seed always gives the same weights."""
+    generator_state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        policy = StepPolicy(config, info)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    return policy.eval()
