@@ -48,19 +48,22 @@ def check_features(policy: StepPolicy, features: PolicyFeatures) -> None:
 
 
 @torch.inference_mode()
-def option_logits(policy: StepPolicy, features: PolicyFeatures) -> torch.Tensor:
-    """The policy's logits [B, n] in fp32 on CPU, whatever device and dtype the conditioning came in."""
+def option_logits(policy: StepPolicy, conditioning) -> torch.Tensor:
+    """The policy's logits [B, n] in fp32 on CPU, whatever host, device and dtype the conditioning came from."""
+    features = policy_features(conditioning)
     check_features(policy, features)
     device = next(policy.parameters()).device
     pooled = None
     if policy.config.pooled_dim:
         pooled = features.pooled.to(device, torch.float32)
     was_training = policy.training
-    policy.eval()
+    if was_training:
+        policy.eval()  # no dropout in decisions
     try:
         logits = policy(features.tokens.to(device, torch.float32), features.mask.to(device), pooled)
     finally:
-        policy.train(was_training)
+        if was_training:
+            policy.train()
     return logits.float().cpu()
 
 
@@ -81,8 +84,7 @@ def choose_steps(
     """
     if min_steps is not None and max_steps is not None and min_steps > max_steps:
         raise ValueError(f"min_steps ({min_steps}) is larger than max_steps ({max_steps})")
-    features = policy_features(conditioning)
-    logits = option_logits(policy, features)
+    logits = option_logits(policy, conditioning)
     options = policy.config.options
     log_probs = torch.log_softmax(logits, -1)
     position = torch.tensor([(o - options[0]) / (options[-1] - options[0]) for o in options])

@@ -31,6 +31,14 @@ class PolicyFeatures:
     mask: torch.Tensor  # [B, T] bool, True where a token came from the host (False = padding added here)
     pooled: torch.Tensor | None = None  # [B, P] or None when the host gives no pooled vector
 
+    def __post_init__(self):
+        if self.tokens.dim() != 3 or self.mask.shape != self.tokens.shape[:2]:
+            raise ValueError(f"tokens must be [B, T, D] with a [B, T] mask, got {tuple(self.tokens.shape)} and "
+                             f"{tuple(self.mask.shape)}")
+        if self.pooled is not None and (self.pooled.dim() != 2 or self.pooled.shape[0] != self.tokens.shape[0]):
+            raise ValueError(f"pooled vector must be [B, P] for {self.tokens.shape[0]} prompts, got "
+                             f"{tuple(self.pooled.shape)}")
+
     @property
     def batch_size(self) -> int:
         return self.tokens.shape[0]

@@ -32,7 +32,7 @@ class PolicyConfig:
     options: tuple[int, ...] = PAPER_OPTIONS
     token_dim: int = 768
     pooled_dim: int = 0  # 0: the policy reads no pooled vector (A1111 gives none for SD1.x/2.x)
-    width: int = 128
+    width: int = 64
     depth: int = 3
     heads: int = 4
     ff_mult: int = 2

@@ -1,0 +1,27 @@
+"""Small builders shared by the policy tests: real policies with decisions we can predict."""
+from __future__ import annotations
+
+import torch
+
+from adadiff.policy import PolicyConfig, StepPolicy, init_policy
+
+
+def policy_preferring(option_index: int, config: PolicyConfig | None = None, margin: float = 4.0) -> StepPolicy:
+    """A real policy whose head is biased so that ``option_index`` wins for any prompt by about ``margin`` nats."""
+    policy = init_policy(config or PolicyConfig(), seed=1)
+    final = policy.head[-1]
+    with torch.no_grad():
+        final.weight.mul_(0.01)
+        final.bias.zero_()
+        final.bias[option_index] = margin
+    return policy
+
+
+def random_conditioning(batch: int = 1, tokens: int = 77, width: int = 768, seed: int = 0) -> torch.Tensor:
+    """CLIP-like token states: a per-prompt direction shared by its tokens, token noise, and one large-magnitude
+    channel, as real CLIP has."""
+    generator = torch.Generator().manual_seed(seed)
+    prompt_direction = 2.0 * torch.randn(batch, 1, width, generator=generator)
+    states = prompt_direction + torch.randn(batch, tokens, width, generator=generator)
+    states[..., 0] *= 30.0
+    return states

@@ -1,0 +1,117 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from adadiff.policy import (
+    FeatureMismatchError,
+    PolicyConfig,
+    PolicyFileError,
+    StepPolicy,
+    choose_steps,
+    init_policy,
+    option_logits,
+)
+from policy_helpers import policy_preferring, random_conditioning
+
+
+class FixedLogits(StepPolicy):
+    """A real StepPolicy whose forward pass returns given logits: isolates the decision rule under test."""
+
+    def __init__(self, logits: torch.Tensor, options):
+        super().__init__(PolicyConfig(options=tuple(options), width=8, heads=1, depth=1))
+        self.fixed = logits
+
+    def forward(self, tokens, mask, pooled=None):
+        return self.fixed.expand(tokens.shape[0], -1)
+
+
+def test_argmax_picks_the_preferred_option():
+    policy = policy_preferring(3)
+    choice = choose_steps(policy, random_conditioning(4))
+    assert choice.per_prompt == (20, 20, 20, 20) and choice.steps == 20
+    assert choice.probs.shape == (4, 10) and torch.allclose(choice.probs.sum(-1), torch.ones(4))
+    assert "20 steps" in choice.summary()
+
+
+def test_batch_gets_the_most_demanding_prompt():
+    logits = torch.tensor([[5.0, 0, 0], [0, 0, 5.0]])
+    policy = FixedLogits(torch.zeros(3), (10, 20, 30))
+    policy.forward = lambda tokens, mask, pooled=None: logits
+    choice = choose_steps(policy, torch.randn(2, 77, 768))
+    assert choice.per_prompt == (10, 30)
+    assert choice.steps == 30
+
+
+def test_limits_clamp_each_prompt():
+    policy = policy_preferring(0)  # 5 steps
+    assert choose_steps(policy, random_conditioning(), min_steps=12).steps == 12
+    assert choose_steps(policy_preferring(9), random_conditioning(), max_steps=30).steps == 30
+    with pytest.raises(ValueError, match="min_steps \\(40\\) is larger than max_steps \\(20\\)"):
+        choose_steps(policy, random_conditioning(), min_steps=40, max_steps=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    logits=st.lists(st.floats(-20, 20), min_size=10, max_size=10),
+    biases=st.lists(st.floats(-3, 3), min_size=2, max_size=6),
+)
+def test_quality_bias_is_monotonic(logits, biases):
+    policy = FixedLogits(torch.tensor(logits), range(5, 55, 5))
+    conditioning = torch.zeros(1, 4, 768)
+    steps = [choose_steps(policy, conditioning, quality_bias=b).steps for b in sorted(biases)]
+    assert steps == sorted(steps)
+
+
+def test_quality_bias_moves_an_undecided_policy_both_ways():
+    policy = FixedLogits(torch.zeros(10), range(5, 55, 5))
+    conditioning = torch.zeros(1, 4, 768)
+    assert choose_steps(policy, conditioning, quality_bias=1.0).steps == 50
+    assert choose_steps(policy, conditioning, quality_bias=-1.0).steps == 5
+
+
+def test_mismatched_conditioning_names_policy_and_widths():
+    policy = init_policy(PolicyConfig(token_dim=2048, pooled_dim=1280), info={"model_family": "sdxl"})
+    policy.source = "/models/adadiff/sdxl_policy.safetensors"
+    with pytest.raises(FeatureMismatchError) as error:
+        choose_steps(policy, random_conditioning())
+    assert "policy sdxl_policy.safetensors expects 2048-wide conditioning, got 768" in str(error.value)
+    assert isinstance(error.value, PolicyFileError)
+    with pytest.raises(FeatureMismatchError, match="1280-wide pooled text vector, got none"):
+        choose_steps(policy, random_conditioning(width=2048))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_conditioning_decides_like_fp32(dtype):
+    """Hosts hand over fp16/bf16 states; the policy decides in fp32 and changes its mind only on near-ties."""
+    policy = init_policy(PolicyConfig(), seed=3)
+    with torch.no_grad():
+        policy.head[-1].weight.mul_(30)  # confident, prompt-dependent logits, as after training
+    conditioning = random_conditioning(64, seed=5)
+    reference = option_logits(policy, conditioning)
+    low = option_logits(policy, conditioning.to(dtype))
+    assert low.dtype == torch.float32
+    error = (low - reference).abs().max()
+    assert error < 0.5
+    assert len(set(reference.argmax(-1).tolist())) > 1
+    top2 = reference.topk(2, -1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 2 * error  # decisions that rounding of the input cannot flip
+    assert clear.sum() >= 16
+    assert torch.equal(low.argmax(-1)[clear], reference.argmax(-1)[clear])
+
+
+def test_training_mode_is_restored_and_decisions_are_deterministic():
+    policy = init_policy(PolicyConfig(), seed=2).train()
+    conditioning = random_conditioning(8)
+    first = choose_steps(policy, conditioning)
+    assert policy.training
+    assert choose_steps(policy, conditioning).per_prompt == first.per_prompt
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_policy_matches_cpu():
+    policy = init_policy(PolicyConfig(), seed=3)
+    conditioning = random_conditioning(32, seed=9)
+    cpu = option_logits(policy, conditioning)
+    gpu = option_logits(policy.cuda(), conditioning.cuda().half())
+    assert torch.allclose(cpu, gpu, atol=0.05)

@@ -1,0 +1,192 @@
+import json
+import pickle
+import struct
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from adadiff.policy import (
+    PolicyConfig,
+    PolicyFileError,
+    init_policy,
+    load_policy,
+    option_logits,
+    read_metadata,
+    save_policy,
+)
+from policy_helpers import random_conditioning
+
+INFO = {
+    "model_family": "sd15",
+    "base_model": {"name": "tiny-sd15", "fingerprint": "sha256:abc"},
+    "sampling": {"scheduler": "ddim", "guidance": 7.5},
+    "reward": {"backend": "clip", "top_k": 3},
+    "summary": {"saving_pct": 41.0},
+}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    policy = init_policy(PolicyConfig(options=(4, 8, 12, 16)), seed=11, info=INFO)
+    with torch.no_grad():
+        policy.head[-1].weight.mul_(30)
+    return policy, save_policy(policy, tmp_path / "policy.safetensors")
+
+
+def _rewrite(path, tensors=None, metadata_changes=None, config_changes=None):
+    """Write a safetensors file like a saved policy but with some parts altered."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = dict(handle.metadata())
+        original = {name: handle.get_tensor(name) for name in handle.keys()}
+    if config_changes:
+        metadata["config"] = json.dumps({**json.loads(metadata["config"]), **config_changes})
+    metadata.update(metadata_changes or {})
+    save_file(tensors(original) if tensors else original, str(path), metadata=metadata)
+
+
+def test_round_trip_reproduces_decisions_and_metadata(saved):
+    policy, path = saved
+    loaded = load_policy(path)
+    conditioning = random_conditioning(16)
+    assert torch.equal(option_logits(loaded, conditioning), option_logits(policy, conditioning))
+    assert loaded.info == INFO and loaded.config == policy.config
+    assert loaded.name == "policy.safetensors"
+    assert read_metadata(path) == {"format_version": 1, "config": policy.config.to_dict(), "info": INFO}
+    assert not list(path.parent.glob("*.partial"))
+
+
+def test_only_safetensors_names_are_written(tmp_path):
+    with pytest.raises(ValueError, match=".safetensors"):
+        save_policy(init_policy(PolicyConfig()), tmp_path / "policy.pt")
+
+
+def _assert_error(path, *fragments):
+    with pytest.raises(PolicyFileError) as error:
+        load_policy(path)
+    message = str(error.value)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+def test_missing_file_and_folder(tmp_path):
+    _assert_error(tmp_path / "nope.safetensors", "no such policy file")
+    _assert_error(tmp_path, "is a folder")
+
+
+def test_truncated_download(saved):
+    _, path = saved
+    path.write_bytes(path.read_bytes()[:300])
+    _assert_error(path, "truncated", "download or export the policy again")
+
+
+def test_pickle_renamed_is_refused_without_unpickling(tmp_path):
+    path = tmp_path / "evil.safetensors"
+
+    class Boom:
+        def __reduce__(self):
+            return (pytest.fail, ("the loader unpickled a file",))
+
+    path.write_bytes(pickle.dumps(Boom()))
+    _assert_error(path, "pickle", "never unpickles")
+
+
+def test_torch_save_zip_renamed_is_refused(tmp_path, saved):
+    policy, _ = saved
+    path = tmp_path / "torch.safetensors"
+    torch.save(policy.state_dict(), path)
+    _assert_error(path, "zip/torch.save")
+
+
+def test_other_safetensors_file_is_not_a_policy(tmp_path):
+    path = tmp_path / "lora.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    _assert_error(path, "not an AdaDiff policy")
+
+
+def test_unknown_format_version(saved):
+    _, path = saved
+    _rewrite(path, metadata_changes={"format_version": "7"})
+    _assert_error(path, "version '7' is not supported", "update AdaDiff")
+
+
+def test_missing_tensor(saved):
+    _, path = saved
+    _rewrite(path, tensors=lambda t: {k: v for k, v in t.items() if not k.startswith("head.2")})
+    _assert_error(path, "missing", "head.2")
+
+
+def test_inconsistent_config_and_tensors(saved):
+    _, path = saved
+    _rewrite(path, config_changes={"width": 64})
+    _assert_error(path, "shape")
+
+
+def test_invalid_config(saved):
+    _, path = saved
+    _rewrite(path, config_changes={"options": [10, 5]})
+    _assert_error(path, "network settings are invalid", "increasing order")
+
+
+def test_nan_weights(saved):
+    _, path = saved
+
+    def poison(tensors):
+        tensors["head.2.bias"] = torch.full_like(tensors["head.2.bias"], float("nan"))
+        return tensors
+
+    _rewrite(path, tensors=poison)
+    _assert_error(path, "NaN or Inf", "head.2.bias")
+
+
+def test_corrupt_json_metadata(saved):
+    _, path = saved
+    _rewrite(path, metadata_changes={"info": "{not json"})
+    _assert_error(path, "metadata 'info'")
+
+
+def test_header_that_is_not_json(tmp_path):
+    path = tmp_path / "garbage.safetensors"
+    path.write_bytes(struct.pack("<Q", 4) + b"\xff\xfe\x00\x01" + b"rest")
+    _assert_error(path, "not a safetensors file")
+
+
+mutation = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(0, 10**6)),
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(1, 255)),
+    st.tuples(st.just("insert"), st.integers(0, 10**6), st.binary(min_size=1, max_size=16)),
+    st.tuples(st.just("header"), st.integers(0, 2**64 - 1)),
+    st.tuples(st.just("replace"), st.binary(max_size=64)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mutations=st.lists(mutation, min_size=1, max_size=3))
+def test_mangled_files_only_ever_raise_policy_file_error(tmp_path, mutations):
+    policy = init_policy(PolicyConfig(options=(2, 4), width=16, heads=2, depth=1))
+    path = save_policy(policy, tmp_path / "mangled.safetensors")
+    data = bytearray(path.read_bytes())
+    for kind, *args in mutations:
+        if kind == "truncate":
+            data = data[: args[0] % (len(data) + 1)]
+        elif kind == "flip" and data:
+            data[args[0] % len(data)] ^= args[1]
+        elif kind == "insert":
+            position = args[0] % (len(data) + 1)
+            data[position:position] = args[1]
+        elif kind == "header" and len(data) >= 8:
+            data[:8] = struct.pack("<Q", args[0])
+        elif kind == "replace":
+            data = bytearray(args[0])
+    path.write_bytes(bytes(data))
+    try:
+        loaded = load_policy(path)
+    except PolicyFileError:
+        return
+    assert isinstance(loaded.config, PolicyConfig)  # a harmless change (e.g. a weight's bits) may still load
