@@ -91,23 +91,10 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_metadata(path: Path, data: bytes) -> dict:
-    if data[:2] == b"PK":
-        raise PolicyFileError(f"{path}: is a zip/torch.save file, not safetensors; AdaDiff never unpickles files. "
-                              "Export the policy with adadiff's save_policy")
-    if data[:1] == b"\x80":
-        raise PolicyFileError(f"{path}: is a Python pickle, not safetensors; AdaDiff never unpickles files. "
-                              "Export the policy with adadiff's save_policy")
-    if len(data) < 8:
-        raise PolicyFileError(f"{path}: is {len(data)} bytes long, too short for a safetensors file; {_REMEDY_REDOWNLOAD}")
-    (header_length,) = struct.unpack("<Q", data[:8])
-    if header_length > len(data) - 8:
-        raise PolicyFileError(f"{path}: is truncated or not a safetensors file (header of {header_length} bytes in a "
-                              f"{len(data)}-byte file); {_REMEDY_REDOWNLOAD}")
-    try:
-        header = json.loads(data[8 : 8 + header_length].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PolicyFileError(f"{path}: is not a safetensors file (unreadable header: {error}); {_REMEDY_REDOWNLOAD}") from error
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
+    header = _safetensors_header(data)
+    if header is None:
+        raise PolicyFileError(f"{path}: {_describe_non_safetensors(data)}")
+    metadata = header.get("__metadata__")
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
         raise PolicyFileError(f"{path}: is a safetensors file but not an AdaDiff policy (no '{FORMAT_NAME}' "
                               "metadata); use a policy written by adadiff-train or `python -m adadiff.policy init`")
@@ -116,6 +103,33 @@ def _read_metadata(path: Path, data: bytes) -> dict:
         raise PolicyFileError(f"{path}: policy format version {version!r} is not supported (this AdaDiff reads "
                               f"version {FORMAT_VERSION}); update AdaDiff or re-export the policy")
     return metadata
+
+
+def _safetensors_header(data: bytes) -> dict | None:
+    """The JSON header when ``data`` is laid out as safetensors (8-byte length, then a JSON object), else None."""
+    if len(data) < 8:
+        return None
+    (header_length,) = struct.unpack("<Q", data[:8])
+    if header_length > len(data) - 8:
+        return None
+    try:
+        header = json.loads(data[8 : 8 + header_length].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _describe_non_safetensors(data: bytes) -> str:
+    """Say what the file looks like instead, so the user knows what they downloaded."""
+    if data[:2] == b"PK":
+        return ("is a zip/torch.save file, not safetensors; AdaDiff never unpickles files. "
+                "Export the policy with adadiff's save_policy")
+    if data[:1] == b"\x80":
+        return ("is a Python pickle, not safetensors; AdaDiff never unpickles files. "
+                "Export the policy with adadiff's save_policy")
+    if len(data) < 8:
+        return f"is {len(data)} bytes long, too short for a safetensors file; {_REMEDY_REDOWNLOAD}"
+    return f"is truncated or not a safetensors file (its header cannot be read); {_REMEDY_REDOWNLOAD}"
 
 
 def _read_json(path: Path, metadata: dict, key: str, expect: type):

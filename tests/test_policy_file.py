@@ -124,7 +124,7 @@ def test_missing_tensor(saved):
 
 def test_inconsistent_config_and_tensors(saved):
     _, path = saved
-    _rewrite(path, config_changes={"width": 64})
+    _rewrite(path, config_changes={"width": 32})
     _assert_error(path, "shape")
 
 
