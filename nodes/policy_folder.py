@@ -1,0 +1,66 @@
+"""Where ComfyUI keeps step policies (``models/adadiff/``) and loading each file once per version on disk."""
+from __future__ import annotations
+
+import logging
+import os
+
+import folder_paths
+
+from ..policy import PolicyFileError, StepPolicy, load_policy
+
+FOLDER_NAME = "adadiff"
+POLICY_EXTENSIONS = {".safetensors"}
+
+log = logging.getLogger(__name__)
+
+# path -> ((mtime_ns, size), policy): a file replaced on disk gets a new signature and is read again.
+_loaded: dict[str, tuple[tuple[int, int], StepPolicy]] = {}
+
+
+def register_policy_folder() -> None:
+    """Add ``models/adadiff`` to ComfyUI's model folders, keeping any paths an ``extra_model_paths.yaml`` gave.
+
+    Runs at import time: ComfyUI 0.3.x never calls ``ComfyExtension.on_load``.
+    """
+    default = os.path.join(folder_paths.models_dir, FOLDER_NAME)
+    paths, extensions = folder_paths.folder_names_and_paths.get(FOLDER_NAME, ([], set()))
+    if default not in paths:
+        paths.append(default)
+    folder_paths.folder_names_and_paths[FOLDER_NAME] = (paths, set(extensions) | POLICY_EXTENSIONS)
+
+
+def policy_names() -> list[str]:
+    return folder_paths.get_filename_list(FOLDER_NAME)
+
+
+def policy_path(name: str) -> str:
+    path = folder_paths.get_full_path(FOLDER_NAME, name)
+    if path is None:
+        folders = ", ".join(folder_paths.get_folder_paths(FOLDER_NAME))
+        raise PolicyFileError(f"policy file '{name}' was not found in {folders}; put the .safetensors policy there "
+                              "(a link must point to an existing file) and pick it again")
+    return path
+
+
+def _signature(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+def load_cached_policy(name: str) -> StepPolicy:
+    """The policy in ``models/adadiff/<name>``, read again only when the file's mtime or size changed."""
+    path = policy_path(name)
+    signature = _signature(path)
+    cached = _loaded.get(path)
+    if cached is not None and cached[0] == signature:
+        return cached[1]
+    policy = load_policy(path)
+    _loaded[path] = (signature, policy)
+    log.info("AdaDiff: loaded policy %s (step options %s)", path, ", ".join(map(str, policy.config.options)))
+    return policy
+
+
+def policy_fingerprint(name: str | None) -> tuple:
+    """What ComfyUI compares to decide whether cached node results still hold: the file's identity and version."""
+    path = folder_paths.get_full_path(FOLDER_NAME, name) if name else None
+    return name, path, _signature(path) if path else None

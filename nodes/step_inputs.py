@@ -1,0 +1,49 @@
+"""The inputs both AdaDiff nodes share (policy, limits, quality/speed knob) and the decision made from them."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io
+
+from ..policy import StepChoice, choose_steps
+from .policy_folder import load_cached_policy, policy_fingerprint, policy_names
+
+CATEGORY = "sampling/adadiff"
+STEPS_LIMIT = 10000  # KSampler's own upper bound for steps
+
+log = logging.getLogger(__name__)
+
+
+def step_policy_inputs() -> list[io.Input]:
+    """Policy file, step limits and the knob; built per call so the policy list follows the folder's contents."""
+    return [
+        io.Combo.Input("policy", options=policy_names(),
+                       tooltip="Step policy file from models/adadiff/. It must be made for this model family "
+                               "(e.g. an SD1.5 policy for SD1.5 checkpoints)."),
+        io.Int.Input("min_steps", default=1, min=1, max=STEPS_LIMIT,
+                     tooltip="Never sample fewer steps than this, whatever the policy picks."),
+        io.Int.Input("max_steps", default=1000, min=1, max=STEPS_LIMIT,
+                     tooltip="Never sample more steps than this, whatever the policy picks."),
+        io.Float.Input("quality_bias", default=0.0, min=-1.0, max=1.0, step=0.05,
+                       tooltip="0 uses the policy as trained. Positive values favour more steps (quality), "
+                               "negative values fewer steps (speed)."),
+    ]
+
+
+def decide_steps(positive, policy: str, min_steps: int, max_steps: int, quality_bias: float) -> StepChoice:
+    """One step count for the whole conditioning batch: the most demanding prompt's, within the limits.
+
+    Linked inputs skip ComfyUI's widget range check, so the limits are checked here.
+    """
+    for name, value in (("min_steps", min_steps), ("max_steps", max_steps)):
+        if not 1 <= value <= STEPS_LIMIT:
+            raise ValueError(f"{name} must be between 1 and {STEPS_LIMIT}, got {value}")
+    choice = choose_steps(load_cached_policy(policy), positive, quality_bias=quality_bias,
+                          min_steps=min_steps, max_steps=max_steps)
+    log.info("AdaDiff: %s chose %d steps (per prompt: %s)", policy, choice.steps, list(choice.per_prompt))
+    return choice
+
+
+def fingerprint_policy_inputs(policy: str | None = None, **_inputs) -> tuple:
+    """Re-run the node when the policy file changed on disk; other inputs are compared by ComfyUI itself."""
+    return policy_fingerprint(policy)
