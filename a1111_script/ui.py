@@ -1,0 +1,88 @@
+"""The AdaDiff controls, built from components that exist with the same arguments in gradio 3.41 (A1111 1.x) and
+gradio 4 (Forge, reForge): Checkbox, Slider, Dropdown, Textbox, Accordion, plus the webui's own refresh button.
+
+The control order is the API's argument order, so it is fixed here once for both scripts and documented in the
+README: ``[enabled, policy, knob, min_steps, max_steps]`` for the accordion, ``[policy, knob, min_steps, max_steps,
+prompts]`` for the dropdown script.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import gradio as gr
+from modules.ui_common import create_refresh_button
+
+from ..policy import PolicyFileError
+from ..policy.__main__ import describe
+from .policy_store import PolicyStore
+from .settings import INFOTEXT_KEY, KNOB_RANGE, STEPS_RANGE, pasted_settings
+
+
+@dataclass(frozen=True)
+class PolicyControls:
+    """The four controls both scripts share, in API order."""
+
+    policy: object
+    knob: object
+    min_steps: object
+    max_steps: object
+
+    def as_list(self) -> list:
+        return [self.policy, self.knob, self.min_steps, self.max_steps]
+
+    def paste_fields(self) -> list[tuple]:
+        """(component, function of the parsed infotext) pairs: a pasted AdaDiff infotext restores every control."""
+        def field(name: str) -> Callable[[dict], object]:
+            def value(params: dict):
+                settings = pasted_settings(params)
+                return None if settings is None else getattr(settings, name)
+            return value
+
+        return [(self.policy, field("policy")), (self.knob, field("knob")),
+                (self.min_steps, field("min_steps")), (self.max_steps, field("max_steps"))]
+
+
+def policy_controls(store: PolicyStore, elem_id: Callable[[str], str]) -> PolicyControls:
+    """Policy dropdown with refresh button and description, the quality/speed knob and the step limits."""
+    names = store.names()
+    policy = gr.Dropdown(choices=names, value=names[0] if names else None, label="Step policy",
+                         elem_id=elem_id("policy"))
+    create_refresh_button(policy, lambda: None, lambda: {"choices": store.names()}, elem_id("refresh_policies"))
+    about = gr.Textbox(value=describe_policy(store, policy.value), label="About this policy", lines=4,
+                       interactive=False, elem_id=elem_id("about"))
+    policy.change(fn=lambda name: describe_policy(store, name), inputs=[policy], outputs=[about])
+    knob = gr.Slider(minimum=KNOB_RANGE[0], maximum=KNOB_RANGE[1], step=0.05, value=0.0,
+                     label="Speed (-1) / quality (+1) knob", elem_id=elem_id("knob"))
+    min_steps = gr.Slider(minimum=STEPS_RANGE[0], maximum=STEPS_RANGE[1], step=1, value=STEPS_RANGE[0],
+                          label="Min steps", elem_id=elem_id("min_steps"))
+    max_steps = gr.Slider(minimum=STEPS_RANGE[0], maximum=STEPS_RANGE[1], step=1, value=STEPS_RANGE[1],
+                          label="Max steps", elem_id=elem_id("max_steps"))
+    return PolicyControls(policy, knob, min_steps, max_steps)
+
+
+def accordion_controls(store: PolicyStore, elem_id: Callable[[str], str]) -> tuple[object, PolicyControls]:
+    """The always-on accordion: an enable checkbox above the shared controls."""
+    with gr.Accordion(label="AdaDiff", open=False, elem_id=elem_id("accordion")):
+        enabled = gr.Checkbox(value=False, label="Choose the steps per prompt with AdaDiff", elem_id=elem_id("enabled"))
+        return enabled, policy_controls(store, elem_id)
+
+
+def prompt_list_box(elem_id: Callable[[str], str]):
+    return gr.Textbox(value="", lines=4, label="Prompts, one per line (empty: the prompt above)",
+                      elem_id=elem_id("prompts"))
+
+
+def paste_enabled(params: dict) -> bool:
+    """Pasting an infotext turns AdaDiff on exactly when the image was made with it."""
+    return INFOTEXT_KEY in params
+
+
+def describe_policy(store: PolicyStore, name: str | None) -> str:
+    """What the UI shows under the dropdown: the policy's metadata, or what is wrong with the file."""
+    if not name:
+        return "No policy found: put a .safetensors policy in models/adadiff/ and press the refresh button."
+    try:
+        return describe(store.path(name))
+    except PolicyFileError as error:
+        return f"This policy cannot be used: {error}"

@@ -1,0 +1,464 @@
+"""The narrowest stand-ins for the AUTOMATIC1111 names the AdaDiff extension touches, for tests where no webui runs.
+
+Every name and signature below is taken from AUTOMATIC1111 stable-diffusion-webui v1.10.1 (commit 82a973c0), and only
+the behaviour the extension depends on is reproduced:
+
+* ``modules.scripts``: ``Script`` (title/ui/show/run/process/process_batch/elem_id and the ``infotext_fields``
+  attribute), ``AlwaysVisible``, and how ``load_scripts`` imports ``extensions/<dir>/scripts/*.py`` (by file path,
+  module named after the file, extension folder first on ``sys.path``, every ``Script`` subclass in the module's
+  namespace registered); ``ScriptRunner`` slices ``p.script_args`` per script and *swallows* hook exceptions, as the
+  real one does.
+* ``modules.processing``: ``process_images`` keeps the real hook order (``process`` once, then per batch the prompts
+  slice and ``process_batch(p, *args, batch_number, prompts, seeds, subseeds)``, sampling with ``p.steps``, one
+  infotext per image written from ``p.steps`` and ``p.extra_generation_params`` as ``create_infotext`` does),
+  ``Processed`` (constructor signature of v1.10.1), ``fix_seed``.
+* ``modules.infotext_utils``: ``quote``/``unquote`` and the key/value parsing of ``parse_generation_parameters``.
+* ``modules.shared.state``, ``modules.devices.autocast``, ``modules.paths.models_path``,
+  ``modules.ui_common.create_refresh_button``.
+* ``gradio``: the webui's own gradio (3.41.2 on A1111, 4.40 on Forge) cannot be installed next to this project's
+  test pins (it needs pillow < 11 and numpy 1.x), so the five component classes the extension uses are stood in for
+  with keyword parameters limited to those both gradio versions accept: an argument gradio 3 or 4 would reject fails
+  here too. The real gradio is exercised by the real-webui test (tests/test_a1111_real.py).
+
+Sampling is not simulated beyond recording the step count each image was sampled with: the image is that record.
+The text encoder is a stand-in ``sd_model`` whose ``get_learned_conditioning`` returns real tensors of the shapes the
+webui returns (``[B, 77, 768]`` for SD1.x, the ``{crossattn, vector}`` dict for SDXL), fixed per prompt text.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import inspect
+import json
+import os
+import re
+import sys
+import types
+import zlib
+from dataclasses import dataclass, field
+
+import torch
+
+# --- gradio ------------------------------------------------------------------------------------------------------
+
+
+class _Component:
+    """Keeps what was passed and the event listeners, like a gradio Block does."""
+
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+        self.listeners: dict[str, list] = {}
+        if _Accordion.open_stack:
+            _Accordion.open_stack[-1].children.append(self)
+
+    def change(self, fn=None, inputs=None, outputs=None, **kwargs):
+        self.listeners.setdefault("change", []).append((fn, inputs, outputs))
+
+    def click(self, fn=None, inputs=None, outputs=None, **kwargs):
+        self.listeners.setdefault("click", []).append((fn, inputs, outputs))
+
+
+class Checkbox(_Component):
+    def __init__(self, value=False, *, label=None, info=None, interactive=None, visible=True, elem_id=None,
+                 elem_classes=None):
+        super().__init__(value=value, label=label, info=info, interactive=interactive, visible=visible,
+                         elem_id=elem_id, elem_classes=elem_classes)
+
+
+class Slider(_Component):
+    def __init__(self, minimum=0, maximum=100, value=None, *, step=None, label=None, info=None, interactive=None,
+                 visible=True, elem_id=None, elem_classes=None):
+        super().__init__(minimum=minimum, maximum=maximum, value=minimum if value is None else value, step=step,
+                         label=label, info=info, interactive=interactive, visible=visible, elem_id=elem_id,
+                         elem_classes=elem_classes)
+
+
+class Dropdown(_Component):
+    def __init__(self, choices=None, *, value=None, type="value", multiselect=None, allow_custom_value=False,
+                 label=None, info=None, interactive=None, visible=True, elem_id=None, elem_classes=None):
+        super().__init__(choices=list(choices or []), value=value, type=type, multiselect=multiselect,
+                         allow_custom_value=allow_custom_value, label=label, info=info, interactive=interactive,
+                         visible=visible, elem_id=elem_id, elem_classes=elem_classes)
+
+
+class Textbox(_Component):
+    def __init__(self, value="", *, lines=1, max_lines=20, placeholder=None, label=None, info=None,
+                 interactive=None, visible=True, elem_id=None, elem_classes=None):
+        super().__init__(value=value, lines=lines, max_lines=max_lines, placeholder=placeholder, label=label,
+                         info=info, interactive=interactive, visible=visible, elem_id=elem_id,
+                         elem_classes=elem_classes)
+
+
+class _Accordion:
+    open_stack: list["_Accordion"] = []
+    created: list["_Accordion"] = []
+
+    def __init__(self, label=None, *, open=True, visible=True, elem_id=None, elem_classes=None):
+        self.label, self.open, self.visible, self.elem_id, self.elem_classes = label, open, visible, elem_id, elem_classes
+        self.children: list = []
+        _Accordion.created.append(self)
+
+    def __enter__(self):
+        _Accordion.open_stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _Accordion.open_stack.pop()
+        return False
+
+
+def _update(**kwargs):
+    return {"__type__": "update", **kwargs}
+
+
+# --- modules.scripts ---------------------------------------------------------------------------------------------
+
+AlwaysVisible = object()
+
+
+class Script:
+    name = None
+    filename = None
+    args_from = None
+    args_to = None
+    alwayson = False
+    is_txt2img = False
+    is_img2img = False
+    infotext_fields = None
+    paste_field_names = None
+    controls = None
+
+    def title(self):
+        raise NotImplementedError()
+
+    def ui(self, is_img2img):
+        pass
+
+    def show(self, is_img2img):
+        return True
+
+    def run(self, p, *args):
+        pass
+
+    def process(self, p, *args):
+        pass
+
+    def process_batch(self, p, *args, **kwargs):
+        pass
+
+    def elem_id(self, item_id):
+        need_tabname = self.show(True) == self.show(False)
+        tabkind = "img2img" if self.is_img2img else "txt2img"
+        tabname = f"{tabkind}_" if need_tabname else ""
+        title = re.sub(r"[^a-z_0-9]", "", re.sub(r"\s", "_", self.title().lower()))
+        return f"script_{tabname}{title}_{item_id}"
+
+
+class ScriptRunner:
+    """``ScriptRunner`` reduced to what a job touches; ``errors`` collects what the real one prints and forgets."""
+
+    def __init__(self):
+        self.scripts, self.alwayson_scripts, self.selectable_scripts = [], [], []
+        self.inputs = [None]
+        self.infotext_fields = []
+        self.errors: list[str] = []
+
+    def initialize_scripts(self, script_classes, is_img2img):
+        for script_class in script_classes:
+            script = script_class()
+            script.is_txt2img, script.is_img2img = not is_img2img, is_img2img
+            visibility = script.show(is_img2img)
+            if visibility is AlwaysVisible:
+                self.scripts.append(script)
+                self.alwayson_scripts.append(script)
+                script.alwayson = True
+            elif visibility:
+                self.scripts.append(script)
+                self.selectable_scripts.append(script)
+
+    def setup_ui(self):
+        """What ``create_script_ui`` does for each script: controls become argument slots ``args_from:args_to``."""
+        for script in self.alwayson_scripts + self.selectable_scripts:
+            script.args_from = len(self.inputs)
+            controls = script.ui(script.is_img2img)
+            script.controls = controls
+            script.name = script.title().lower()
+            if script.infotext_fields is not None:
+                self.infotext_fields += script.infotext_fields
+            self.inputs += controls
+            script.args_to = len(self.inputs)
+
+    def default_args(self, selected: "Script | None" = None) -> list:
+        """``init_default_script_args``: every control's default value, slot 0 the selected dropdown script."""
+        args = [c.value for c in self.inputs[1:]]
+        index = 0 if selected is None else self.selectable_scripts.index(selected) + 1
+        return [index, *args]
+
+    def script(self, title):
+        return next(s for s in self.scripts if s.title().lower() == title.lower())
+
+    def run(self, p, *args):
+        script_index = args[0]
+        if not script_index:
+            return None
+        script = self.selectable_scripts[script_index - 1]
+        return script.run(p, *args[script.args_from:script.args_to])
+
+    def _call(self, hook, p, *extra, **kwargs):
+        for script in self.alwayson_scripts:
+            try:
+                getattr(script, hook)(p, *extra, *p.script_args[script.args_from:script.args_to], **kwargs)
+            except Exception as error:  # the webui prints "*** Error running process_batch: ..." and goes on
+                self.errors.append(f"Error running {hook}: {script.filename}: {error!r}")
+
+    def process(self, p):
+        self._call("process", p)
+
+    def process_batch(self, p, **kwargs):
+        self._call("process_batch", p, **kwargs)
+
+
+def load_scripts(path: str) -> list[type]:
+    """``modules.scripts.load_scripts`` for one extension script file: the Script classes it registers."""
+    basedir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    syspath = sys.path
+    try:
+        sys.path = [basedir] + sys.path
+        spec = importlib.util.spec_from_file_location(os.path.basename(path), path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path = syspath
+    return [value for value in module.__dict__.values() if inspect.isclass(value) and issubclass(value, Script)]
+
+
+# --- modules.infotext_utils --------------------------------------------------------------------------------------
+
+re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+
+
+def quote(text):
+    if "," not in str(text) and "\n" not in str(text) and ":" not in str(text):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def unquote(text):
+    if len(text) == 0 or text[0] != '"' or text[-1] != '"':
+        return text
+    try:
+        return json.loads(text)
+    except Exception:
+        return text
+
+
+def parse_generation_parameters(x: str) -> dict:
+    """The key/value part of ``parse_generation_parameters`` (styles and size splitting left out)."""
+    *lines, lastline = x.strip().split("\n")
+    res = {}
+    for k, v in re_param.findall(lastline):
+        if v and v[0] == '"' and v[-1] == '"':
+            v = unquote(v)
+        res[k] = v
+    res["Prompt"] = "\n".join(lines)
+    return res
+
+
+# --- modules.processing ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SampledImage:
+    """Stands for an image: what it was sampled from."""
+
+    prompt: str
+    seed: int
+    steps: int
+
+
+@dataclass
+class StableDiffusionProcessing:
+    """The fields of ``StableDiffusionProcessing`` a job's hooks read or write."""
+
+    sd_model: object = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0
+    steps: int = 50
+    n_iter: int = 1
+    batch_size: int = 1
+    do_not_save_grid: bool = False
+    extra_generation_params: dict = None
+    scripts: ScriptRunner = None
+    script_args: list = None
+    comments: dict = None
+    all_prompts: list = field(default=None, init=False)
+    all_negative_prompts: list = field(default=None, init=False)
+    all_seeds: list = field(default=None, init=False)
+    all_subseeds: list = field(default=None, init=False)
+    prompts: list = field(default=None, init=False)
+    seeds: list = field(default=None, init=False)
+    subseeds: list = field(default=None, init=False)
+
+    def __post_init__(self):
+        self.comments = {}
+        self.extra_generation_params = self.extra_generation_params or {}
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+
+class Processed:
+    def __init__(self, p, images_list, seed=-1, info="", subseed=None, all_prompts=None, all_negative_prompts=None,
+                 all_seeds=None, all_subseeds=None, index_of_first_image=0, infotexts=None, comments=""):
+        self.images = images_list
+        self.prompt = p.prompt
+        self.seed = seed
+        self.info = info
+        self.comments = "".join(f"{comment}\n" for comment in p.comments)
+        self.steps = p.steps
+        self.extra_generation_params = p.extra_generation_params
+        self.index_of_first_image = index_of_first_image
+        self.all_prompts = all_prompts or p.all_prompts or [self.prompt]
+        self.all_negative_prompts = all_negative_prompts or p.all_negative_prompts or [p.negative_prompt]
+        self.all_seeds = all_seeds or p.all_seeds or [self.seed]
+        self.all_subseeds = all_subseeds or p.all_subseeds or [subseed]
+        self.infotexts = infotexts or [info] * len(images_list)
+
+
+def get_fixed_seed(seed):
+    if seed == "" or seed is None:
+        seed = -1
+    return 1234567 if seed == -1 else seed  # the webui draws a random seed; fixed here so tests are repeatable
+
+
+def fix_seed(p):
+    p.seed = get_fixed_seed(p.seed)
+    p.subseed = get_fixed_seed(p.subseed)
+
+
+def create_infotext(p, index):
+    generation_params = {"Steps": p.steps, "Seed": p.seeds[index], **p.extra_generation_params}
+    text = ", ".join(f"{k}: {quote(v)}" for k, v in generation_params.items() if v is not None)
+    return f"{p.prompts[index]}\n{text}"
+
+
+def process_images(p) -> Processed:
+    seed = get_fixed_seed(p.seed)
+    prompts = p.prompt if isinstance(p.prompt, list) else p.batch_size * p.n_iter * [p.prompt]
+    p.all_prompts = prompts
+    p.all_negative_prompts = len(prompts) * [p.negative_prompt]
+    p.all_seeds = [int(seed) + x for x in range(len(prompts))]
+    p.all_subseeds = [int(get_fixed_seed(p.subseed)) + x for x in range(len(prompts))]
+    if p.scripts is not None:
+        p.scripts.process(p)
+    output_images, infotexts = [], []
+    for n in range(p.n_iter):
+        if state.interrupted:
+            break
+        p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
+        p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
+        p.subseeds = p.all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
+        if len(p.prompts) == 0:
+            break
+        if p.scripts is not None:
+            p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+        for i, prompt in enumerate(p.prompts):
+            output_images.append(SampledImage(prompt, p.seeds[i], p.steps))
+            infotexts.append(create_infotext(p, i))
+    return Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "",
+                     subseed=p.all_subseeds[0], infotexts=infotexts)
+
+
+# --- modules.shared, devices, ui_common ---------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    job_count: int = -1
+    interrupted: bool = False
+
+
+state = State()
+
+
+def autocast(disable=False):
+    return contextlib.nullcontext()
+
+
+refresh_buttons: list = []  # every button create_refresh_button made, newest last
+
+
+def create_refresh_button(refresh_component, refresh_method, refreshed_args, elem_id):
+    def refresh():
+        refresh_method()
+        args = refreshed_args() if callable(refreshed_args) else refreshed_args
+        for k, v in args.items():
+            setattr(refresh_component, k, v)
+        return _update(**(args or {}))
+
+    button = _Component(value="\U0001f504", elem_id=elem_id)
+    button.click(fn=refresh, inputs=[], outputs=[refresh_component])
+    refresh_buttons.append(button)
+    return button
+
+
+# --- the text encoder --------------------------------------------------------------------------------------------
+
+
+class StandInModel:
+    """``shared.sd_model`` reduced to ``get_learned_conditioning``: a fixed random tensor per prompt text."""
+
+    def __init__(self, family: str = "sd15"):
+        self.family = family
+        self.encoded: list[list[str]] = []
+
+    def get_learned_conditioning(self, prompts):
+        self.encoded.append(list(prompts))
+        if self.family == "sd15":
+            return torch.stack([prompt_states(prompt) for prompt in prompts])
+        crossattn = torch.stack([prompt_states(prompt, width=2048) for prompt in prompts])
+        vector = torch.stack([prompt_states(prompt, tokens=1, width=2816)[0] for prompt in prompts])
+        return {"crossattn": crossattn, "vector": vector}
+
+
+def prompt_states(prompt: str, tokens: int = 77, width: int = 768) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode("utf-8")))
+    return torch.randn(tokens, width, generator=generator)
+
+
+# --- installing them ---------------------------------------------------------------------------------------------
+
+
+def _module(name: str, **names) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(names)
+    return module
+
+
+def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
+    """Fresh stand-in modules by import name, ready for ``monkeypatch.setitem(sys.modules, ...)``."""
+    state.job_count, state.interrupted = -1, False
+    refresh_buttons.clear()
+    _Accordion.created.clear()
+    modules = _module("modules", __path__=[])
+    submodules = {
+        "scripts": _module("modules.scripts", Script=Script, AlwaysVisible=AlwaysVisible, ScriptRunner=ScriptRunner),
+        "processing": _module("modules.processing", process_images=process_images, Processed=Processed,
+                              fix_seed=fix_seed, StableDiffusionProcessing=StableDiffusionProcessing),
+        "infotext_utils": _module("modules.infotext_utils", quote=quote, unquote=unquote,
+                                  parse_generation_parameters=parse_generation_parameters),
+        "shared": _module("modules.shared", state=state),
+        "devices": _module("modules.devices", autocast=autocast),
+        "paths": _module("modules.paths", models_path=models_path),
+        "ui_common": _module("modules.ui_common", create_refresh_button=create_refresh_button),
+    }
+    result = {"modules": modules}
+    for short, module in submodules.items():
+        setattr(modules, short, module)
+        result[f"modules.{short}"] = module
+    result["gradio"] = _module("gradio", Checkbox=Checkbox, Slider=Slider, Dropdown=Dropdown, Textbox=Textbox,
+                               Accordion=_Accordion, update=_update)
+    return result

@@ -1,0 +1,330 @@
+"""The AUTOMATIC1111/Forge extension against stand-ins of the webui (names and signatures of A1111 v1.10.1, see
+tests/a1111_standins.py), with real policy files and real ``adadiff.policy`` decisions on real tensors.
+
+The extension is loaded the way the webui loads it: ``scripts/adadiff_steps.py`` imported by file path with the
+extension folder first on ``sys.path``, its Script subclasses picked from the module's namespace. The policies are
+small networks trained here for a few steps so that each test prompt's choice is known in advance.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import a1111_standins as webui
+from adadiff.a1111_script.settings import ERROR_KEY, INFOTEXT_KEY
+from adadiff.policy import PolicyConfig, choose_steps, init_policy, save_policy
+
+REPO = Path(__file__).resolve().parent.parent
+LOADER = REPO / "scripts" / "adadiff_steps.py"
+PACKAGE_NAME = "adadiff_webui_extension"
+
+OPTIONS = (4, 8, 12, 16)
+# Prompt -> the step count the trained policy picks for it at knob 0 with no limits.
+TARGETS = {"a red cube": 4, "a cat": 8, "a busy market at dusk, many people": 12,
+           "an intricate cathedral interior, volumetric light, crowds, reflections": 16}
+SIMPLE, CAT, MARKET, CATHEDRAL = TARGETS
+USER_STEPS = 20
+
+
+def trained_policy(path: Path, targets: dict[str, int], options=OPTIONS, token_dim=768) -> Path:
+    """A real policy fitted to pick ``targets[prompt]`` for each prompt's stand-in conditioning."""
+    config = PolicyConfig(options=options, token_dim=token_dim, width=32, depth=1, heads=2, dropout=0.0)
+    policy = init_policy(config, seed=0, info={"model_family": "sd15"})
+    states = torch.stack([webui.prompt_states(prompt, width=token_dim) for prompt in targets])
+    mask = torch.ones(states.shape[:2], dtype=torch.bool)
+    labels = torch.tensor([options.index(steps) for steps in targets.values()])
+    optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
+    policy.train()
+    for _ in range(80):
+        # Smoothed labels keep the policy about 5:1 sure, so the quality/speed knob can still move it.
+        loss = F.cross_entropy(policy(states, mask), labels, label_smoothing=0.5)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    policy.eval()
+    assert choose_steps(policy, states).per_prompt == tuple(targets.values())
+    return save_policy(policy, path)
+
+
+@pytest.fixture(scope="module")
+def policy_bytes(tmp_path_factory) -> bytes:
+    return trained_policy(tmp_path_factory.mktemp("policy") / "p.safetensors", TARGETS).read_bytes()
+
+
+class Webui:
+    """One txt2img tab of a stand-in webui with the extension loaded, and a way to run jobs through it."""
+
+    def __init__(self, models: Path):
+        self.models = models
+        self.policies = models / "adadiff"
+        self.script_classes = webui.load_scripts(str(LOADER))
+        self.runner = webui.ScriptRunner()
+        self.runner.initialize_scripts(self.script_classes, is_img2img=False)
+        self.runner.setup_ui()
+        self.accordion = self.runner.script("AdaDiff")
+        self.dropdown = self.runner.script("AdaDiff per-prompt steps")
+
+    def job(self, prompt, *, accordion=None, dropdown=None, model=None, **fields) -> webui.StableDiffusionProcessing:
+        """A job as the API builds it: default control values, then ``alwayson_scripts``/``script_args`` applied."""
+        args = self.runner.default_args(self.dropdown if dropdown is not None else None)
+        for script, values in ((self.accordion, accordion), (self.dropdown, dropdown)):
+            for offset, value in enumerate(values or []):
+                args[script.args_from + offset] = value
+        fields = {"steps": USER_STEPS, **fields}
+        return webui.StableDiffusionProcessing(sd_model=model or webui.StandInModel(), prompt=prompt,
+                                               scripts=self.runner, script_args=args, **fields)
+
+    def generate(self, p) -> webui.Processed:
+        """What txt2img does: the selected dropdown script's run(), else process_images."""
+        return self.runner.run(p, *p.script_args) or webui.process_images(p)
+
+
+@pytest.fixture
+def host(tmp_path, monkeypatch, policy_bytes) -> Webui:
+    for name, module in webui.standin_modules(str(tmp_path / "models")).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    (tmp_path / "models" / "adadiff").mkdir(parents=True)
+    (tmp_path / "models" / "adadiff" / "known.safetensors").write_bytes(policy_bytes)
+    yield Webui(tmp_path / "models")
+    for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE_NAME]:
+        del sys.modules[name]
+
+
+def enabled(policy="known.safetensors", knob=0.0, min_steps=1, max_steps=150):
+    return [True, policy, knob, min_steps, max_steps]
+
+
+def steps_of(processed) -> list[int]:
+    return [image.steps for image in processed.images]
+
+
+def infotext_params(processed) -> list[dict]:
+    return [webui.parse_generation_parameters(text) for text in processed.infotexts]
+
+
+# --- loading -----------------------------------------------------------------------------------------------------
+
+
+def test_loader_registers_the_two_scripts_under_a_package_name_of_its_own(host):
+    assert {cls.__name__ for cls in host.script_classes} == {"AdaDiffAccordion", "AdaDiffPerPromptScript"}
+    assert host.runner.alwayson_scripts == [host.accordion]
+    assert host.runner.selectable_scripts == [host.dropdown]
+    assert type(host.accordion).__module__ == f"{PACKAGE_NAME}.a1111_script.script"
+    generic = {"policy", "a1111_script", "trainer", "nodes", "settings", "job", "ui", "script"}
+    assert not generic & set(sys.modules), "the extension must not leave generic top-level module names"
+
+
+def test_loader_works_whatever_the_extension_folder_is_called(host, tmp_path):
+    for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE_NAME]:
+        del sys.modules[name]
+    folder = tmp_path / "extensions" / "sd-webui-adadiff"
+    folder.mkdir(parents=True)
+    shutil.copy(REPO / "__init__.py", folder)
+    for part in ("policy", "a1111_script", "scripts"):
+        shutil.copytree(REPO / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
+    classes = webui.load_scripts(str(folder / "scripts" / "adadiff_steps.py"))
+    assert {cls().title() for cls in classes} == {"AdaDiff", "AdaDiff per-prompt steps"}
+    assert Path(sys.modules[f"{PACKAGE_NAME}.a1111_script.script"].__file__).is_relative_to(folder)
+
+
+# --- the controls ------------------------------------------------------------------------------------------------
+
+
+def test_controls_come_in_api_order_with_defaults_that_leave_jobs_alone(host):
+    enabled_box, policy, knob, min_steps, max_steps = host.accordion.controls
+    assert isinstance(enabled_box, webui.Checkbox) and enabled_box.value is False
+    assert isinstance(policy, webui.Dropdown) and policy.choices == ["known.safetensors"]
+    assert policy.value == "known.safetensors"
+    assert (knob.minimum, knob.maximum, knob.value) == (-1.0, 1.0, 0.0)
+    assert (min_steps.value, max_steps.value) == (1, 150)
+    assert [type(c) for c in host.dropdown.controls] == [webui.Dropdown, webui.Slider, webui.Slider, webui.Slider,
+                                                         webui.Textbox]
+    ids = [c.elem_id for c in host.runner.inputs[1:]]
+    assert len(set(ids)) == len(ids)
+
+
+def test_the_accordion_holds_the_enable_checkbox_and_every_control(host):
+    (accordion,) = [a for a in webui._Accordion.created if a.label == "AdaDiff"]
+    assert accordion.open is False
+    assert all(control in accordion.children for control in host.accordion.controls)
+
+
+def test_refresh_button_lists_new_policy_files_and_the_description_names_problems(host):
+    (host.policies / "new.safetensors").write_bytes((host.policies / "known.safetensors").read_bytes())
+    (host.policies / "broken.safetensors").write_bytes(b"not a policy at all")
+    policy = host.accordion.controls[1]
+    (button,) = [b for b in webui.refresh_buttons if b.listeners["click"][0][2] == [policy]]
+    refresh = button.listeners["click"][0][0]
+    assert refresh()["choices"] == ["broken.safetensors", "known.safetensors", "new.safetensors"]
+    describe, inputs, (about,) = policy.listeners["change"][0]
+    assert inputs == [policy] and isinstance(about, webui.Textbox)
+    assert "step options:   4, 8, 12, 16" in describe("known.safetensors")
+    assert "cannot be used" in describe("broken.safetensors") and "broken.safetensors" in describe("broken.safetensors")
+    assert "No policy found" in describe(None)
+
+
+# --- the accordion in jobs ---------------------------------------------------------------------------------------
+
+
+def test_disabled_accordion_leaves_the_job_untouched(host):
+    model = webui.StandInModel()
+    processed = host.generate(host.job(CATHEDRAL, model=model, n_iter=2))
+    assert steps_of(processed) == [USER_STEPS, USER_STEPS]
+    assert model.encoded == [], "a disabled accordion must not even read the prompts"
+    assert all(INFOTEXT_KEY not in params and ERROR_KEY not in params for params in infotext_params(processed))
+    assert processed.comments == ""
+
+
+def test_each_batch_runs_at_the_steps_of_its_most_demanding_prompt(host):
+    model = webui.StandInModel()
+    p = host.job([SIMPLE, CATHEDRAL, CAT, CAT, MARKET, SIMPLE], accordion=enabled(), model=model,
+                 batch_size=2, n_iter=3)
+    processed = host.generate(p)
+    assert steps_of(processed) == [16, 16, 8, 8, 12, 12]
+    assert model.encoded == [[SIMPLE, CATHEDRAL], [CAT, CAT], [MARKET, SIMPLE]], "one encoding per batch"
+    for params, steps in zip(infotext_params(processed), [16, 16, 8, 8, 12, 12]):
+        assert params["Steps"] == str(steps)
+        assert params[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150"
+        assert ERROR_KEY not in params
+    assert host.runner.errors == []
+
+
+def test_the_knob_and_the_limits_move_the_choice(host):
+    low = host.generate(host.job(CAT, accordion=enabled(knob=-1.0)))
+    high = host.generate(host.job(CAT, accordion=enabled(knob=1.0)))
+    assert steps_of(low)[0] <= 8 < steps_of(high)[0]
+    assert steps_of(host.generate(host.job(CATHEDRAL, accordion=enabled(max_steps=10)))) == [10]
+    assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(min_steps=6)))) == [6]
+    params = infotext_params(host.generate(host.job(CAT, accordion=enabled(knob=0.35, min_steps=5, max_steps=9))))
+    assert params[0][INFOTEXT_KEY] == "known.safetensors, knob 0.35, min 5, max 9"
+
+
+def test_api_values_arrive_untyped_and_are_accepted(host):
+    processed = host.generate(host.job(MARKET, accordion=[True, "known.safetensors", "0", "1", 150.0]))
+    assert steps_of(processed) == [12]
+
+
+def test_pasting_an_infotext_restores_the_accordion(host):
+    processed = host.generate(host.job(CAT, accordion=enabled(knob=-0.25, min_steps=3, max_steps=40)))
+    params = infotext_params(processed)[0]
+    pasted = [paste(params) for _, paste in host.runner.infotext_fields]
+    assert [component for component, _ in host.runner.infotext_fields] == host.accordion.controls
+    assert pasted == [True, "known.safetensors", -0.25, 3, 40]
+    plain = webui.parse_generation_parameters("a cat\nSteps: 20, Seed: 1")
+    assert [paste(plain) for _, paste in host.runner.infotext_fields] == [False, None, None, None, None]
+
+
+def test_a_pasted_infotext_reproduces_the_same_steps(host):
+    first = host.generate(host.job(CATHEDRAL, accordion=enabled(knob=0.5, max_steps=14)))
+    params = infotext_params(first)[0]
+    again = host.generate(host.job(CATHEDRAL, accordion=[paste(params) for _, paste in host.runner.infotext_fields]))
+    assert steps_of(again) == steps_of(first) == [14]
+
+
+# --- the dropdown script -----------------------------------------------------------------------------------------
+
+
+def test_per_prompt_script_runs_every_prompt_at_its_own_steps_in_one_result(host):
+    model = webui.StandInModel()
+    lines = f"{SIMPLE}\n\n{CATHEDRAL}\n  {CAT}  \n"
+    p = host.job("ignored when lines are given", dropdown=["known.safetensors", 0.0, 1, 150, lines], model=model,
+                 batch_size=2, n_iter=1)
+    processed = host.generate(p)
+    assert [(image.prompt, image.steps) for image in processed.images] == [
+        (SIMPLE, 4), (SIMPLE, 4), (CATHEDRAL, 16), (CATHEDRAL, 16), (CAT, 8), (CAT, 8)]
+    assert processed.all_prompts == [SIMPLE, SIMPLE, CATHEDRAL, CATHEDRAL, CAT, CAT]
+    assert processed.all_seeds == [1234567, 1234568] * 3, "each prompt line starts from the same seeds"
+    assert all(len(batch) == 1 for batch in model.encoded), "one image per batch, so no prompt waits for another"
+    params = infotext_params(processed)
+    assert [int(x["Steps"]) for x in params] == [4, 4, 16, 16, 8, 8]
+    assert all(x[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150" for x in params)
+    assert webui.state.job_count == 6
+    assert p.steps == USER_STEPS and INFOTEXT_KEY not in p.extra_generation_params, "the user's job stays as it was"
+
+
+def test_per_prompt_script_without_lines_uses_the_main_prompt(host):
+    processed = host.generate(host.job(MARKET, dropdown=["known.safetensors", 0.0, 1, 150, ""], n_iter=2))
+    assert [(image.prompt, image.steps) for image in processed.images] == [(MARKET, 12), (MARKET, 12)]
+
+
+def test_per_prompt_script_settings_win_over_the_accordion(host):
+    processed = host.generate(host.job(CATHEDRAL, accordion=enabled(max_steps=5),
+                                       dropdown=["known.safetensors", 0.0, 1, 150, ""]))
+    assert steps_of(processed) == [16]
+
+
+# --- bad input ---------------------------------------------------------------------------------------------------
+
+
+def _assert_loud_fallback(host, processed, caplog, problem: str):
+    """The job ran with the user's steps, and the problem is in the console, the UI comment and every infotext."""
+    assert steps_of(processed) and set(steps_of(processed)) == {USER_STEPS}
+    console = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any(problem in line and f"ran the requested {USER_STEPS} steps" in line for line in console), console
+    assert problem in processed.comments
+    for params in infotext_params(processed):
+        assert problem in params[ERROR_KEY]
+    assert host.runner.errors == [], "problems must be handled, not left to the webui to swallow"
+
+
+@pytest.mark.parametrize("policy, problem", [
+    ("gone.safetensors", "'gone.safetensors' was not found"),
+    ("corrupt.safetensors", "not a safetensors file"),
+    ("", "no policy selected"),
+])
+def test_a_missing_or_corrupt_policy_keeps_the_users_steps_and_says_so(host, caplog, policy, problem):
+    (host.policies / "corrupt.safetensors").write_bytes(b"{ this is not a policy file }" * 4)
+    processed = host.generate(host.job([CAT, MARKET], accordion=enabled(policy=policy), batch_size=2))
+    _assert_loud_fallback(host, processed, caplog, problem)
+
+
+def test_a_policy_for_another_model_keeps_the_users_steps_and_says_so(host, caplog):
+    processed = host.generate(host.job(CAT, accordion=enabled(), model=webui.StandInModel("sdxl"), n_iter=2))
+    _assert_loud_fallback(host, processed, caplog, "expects 768-wide conditioning, got 2048")
+
+
+def test_min_above_max_keeps_the_users_steps_and_says_so(host, caplog):
+    processed = host.generate(host.job(CAT, accordion=enabled(min_steps=30, max_steps=10)))
+    _assert_loud_fallback(host, processed, caplog, "min steps (30) is larger than max steps (10)")
+
+
+def test_a_failing_text_encoder_keeps_the_users_steps_and_says_so(host, caplog):
+    class BrokenModel(webui.StandInModel):
+        def get_learned_conditioning(self, prompts):
+            raise RuntimeError("CUDA out of memory")
+
+    processed = host.generate(host.job(CAT, accordion=enabled(), model=BrokenModel()))
+    _assert_loud_fallback(host, processed, caplog, "CUDA out of memory")
+
+
+def test_bad_policy_in_the_per_prompt_script_keeps_the_users_steps(host, caplog):
+    processed = host.generate(host.job(CAT, dropdown=["gone.safetensors", 0.0, 1, 150, f"{CAT}\n{MARKET}"]))
+    _assert_loud_fallback(host, processed, caplog, "'gone.safetensors' was not found")
+    assert len(processed.images) == 2
+
+
+def test_a_good_job_after_a_bad_one_carries_no_error(host):
+    host.generate(host.job(CAT, accordion=enabled(policy="gone.safetensors")))
+    params = infotext_params(host.generate(host.job(CAT, accordion=enabled())))
+    assert ERROR_KEY not in params[0] and params[0]["Steps"] == "8"
+
+
+# --- SDXL --------------------------------------------------------------------------------------------------------
+
+
+def test_sdxl_conditioning_with_an_sdxl_policy(host):
+    config = PolicyConfig(options=OPTIONS, token_dim=2048, pooled_dim=1280, width=32, depth=1, heads=2)
+    save_policy(init_policy(config, seed=3, info={"model_family": "sdxl"}), host.policies / "xl.safetensors")
+    model = webui.StandInModel("sdxl")
+    processed = host.generate(host.job([CAT, MARKET], accordion=enabled(policy="xl.safetensors"), model=model,
+                                       batch_size=2))
+    expected = choose_steps(init_policy(config, seed=3), webui.StandInModel("sdxl").get_learned_conditioning(
+        [CAT, MARKET])).steps
+    assert steps_of(processed) == [expected, expected]
+    assert ERROR_KEY not in infotext_params(processed)[0]

@@ -1,0 +1,84 @@
+"""The extension's host-independent parts: settings from untyped control values, the infotext round trip, and the
+policy folders with their reload-on-change cache."""
+import os
+
+import pytest
+
+from adadiff.a1111_script.policy_store import PolicyStore
+from adadiff.a1111_script.settings import INFOTEXT_KEY, StepSettings, pasted_settings
+from adadiff.policy import PolicyConfig, PolicyFileError, init_policy, save_policy
+
+
+@pytest.mark.parametrize("controls, expected", [
+    (("p.safetensors", 0.25, 5, 40), StepSettings("p.safetensors", 0.25, 5, 40)),
+    ((" p.safetensors ", "-1", "1", "150.0"), StepSettings("p.safetensors", -1.0, 1, 150)),
+    (("p.safetensors", 0, 7.0, 7), StepSettings("p.safetensors", 0.0, 7, 7)),
+])
+def test_settings_accept_what_the_ui_and_the_api_send(controls, expected):
+    assert StepSettings.from_controls(*controls) == expected
+
+
+@pytest.mark.parametrize("controls, message", [
+    ((None, 0, 1, 150), "no policy selected"),
+    (("p.safetensors", "fast", 1, 150), "knob must be a number, got 'fast'"),
+    (("p.safetensors", 1.5, 1, 150), "knob must be between -1 and 1"),
+    (("p.safetensors", 0, 2.5, 150), "min steps must be a whole number"),
+    (("p.safetensors", 0, 0, 150), "min steps must be between 1 and 150"),
+    (("p.safetensors", 0, 1, None), "max steps must be a number"),
+    (("p.safetensors", 0, 50, 20), "min steps (50) is larger than max steps (20)"),
+])
+def test_unusable_settings_say_what_is_wrong(controls, message):
+    with pytest.raises(ValueError) as error:
+        StepSettings.from_controls(*controls)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("settings", [
+    StepSettings("sd15.safetensors"),
+    StepSettings("my, odd: name.safetensors", -0.35, 12, 12),
+    StepSettings("x.safetensors", 0.123456789, 1, 150),
+])
+def test_infotext_round_trip(settings):
+    text = settings.infotext()
+    parsed = StepSettings.from_infotext(text)
+    assert parsed.policy == settings.policy and (parsed.min_steps, parsed.max_steps) == (settings.min_steps,
+                                                                                         settings.max_steps)
+    assert parsed.knob == pytest.approx(settings.knob, abs=1e-5)
+    assert pasted_settings({INFOTEXT_KEY: text}) == parsed
+
+
+@pytest.mark.parametrize("text", ["", "sd15.safetensors", "p, knob fast, min 1, max 2", "p, knob 0, min 9, max 2"])
+def test_foreign_infotext_values_are_ignored(text):
+    assert StepSettings.from_infotext(text) is None
+    assert pasted_settings({INFOTEXT_KEY: text}) is None
+    assert pasted_settings({}) is None
+
+
+def _write_policy(path, seed):
+    return save_policy(init_policy(PolicyConfig(options=(1, 2), width=16, depth=1, heads=2), seed=seed), path)
+
+
+def test_store_lists_both_folders_first_folder_wins(tmp_path):
+    models, extension = tmp_path / "models", tmp_path / "extension"
+    _write_policy(models / "a.safetensors", 0)
+    _write_policy(extension / "a.safetensors", 1)
+    _write_policy(extension / "b.safetensors", 2)
+    (extension / "notes.txt").write_text("not a policy")
+    store = PolicyStore([models, extension, tmp_path / "absent"])
+    assert store.names() == ["a.safetensors", "b.safetensors"]
+    assert store.path("a.safetensors") == models / "a.safetensors"
+    with pytest.raises(PolicyFileError, match="'c.safetensors' was not found in .*models, .*extension"):
+        store.path("c.safetensors")
+
+
+def test_store_reads_a_file_again_only_when_it_changed(tmp_path):
+    path = _write_policy(tmp_path / "p.safetensors", 0)
+    store = PolicyStore([tmp_path])
+    first = store.load("p.safetensors")
+    assert store.load("p.safetensors") is first
+    _write_policy(path, 5)
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    second = store.load("p.safetensors")
+    assert second is not first
+    assert not all((a == b).all() for a, b in zip(first.state_dict().values(), second.state_dict().values()))
