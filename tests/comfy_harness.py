@@ -199,10 +199,10 @@ class ComfyServer:
         self.process: subprocess.Popen | None = None
         self.stream: _EventStream | None = None
 
-    def start(self, timeout: float = 180) -> None:
+    def start(self, *extra_args: str, timeout: float = 180) -> None:
         command = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                    "--disable-auto-launch", "--base-directory", str(self.base_dir),
-                   "--database-url", "sqlite:///:memory:", "--disable-api-nodes"]
+                   "--database-url", "sqlite:///:memory:", "--disable-api-nodes", *extra_args]
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(command, cwd=self.comfy_dir, env=env, stdout=log_file,
@@ -237,6 +237,9 @@ class ComfyServer:
     def get(self, path: str):
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
+
+    def object_info(self, node_type: str) -> dict:
+        return self.get(f"/object_info/{node_type}")[node_type]
 
     def submit(self, graph: dict) -> tuple[int, dict]:
         """POST a graph; returns (HTTP status, JSON body) so tests can see validation errors (HTTP 400) too."""
@@ -274,3 +277,38 @@ class ComfyServer:
         with self.stream.changed:
             events = [e for e in self.stream.events if (e.get("data") or {}).get("prompt_id") == prompt_id]
         return Run(prompt_id, history[prompt_id], events)
+
+
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def api_graph_from_workflow(workflow: dict, server: ComfyServer) -> dict:
+    """Turn a UI-format workflow (what example_workflows/ holds) into the API format /prompt takes.
+
+    Widget values are matched to inputs in the order the server declares them, as the frontend does; a seed-like
+    widget with control_after_generate is followed by its control value. Every widget value must be used up.
+    """
+    links = {link[0]: link for link in workflow["links"]}
+    graph = {}
+    for node in workflow["nodes"]:
+        info = server.object_info(node["type"])
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = iter(node.get("widgets_values", []))
+        inputs = {}
+        for group in ("required", "optional"):
+            for name in info["input_order"].get(group, []):
+                kind, *rest = info["input"][group][name]
+                options = rest[0] if rest else {}
+                is_widget = (isinstance(kind, list) or kind in WIDGET_TYPES) and not options.get("forceInput")
+                if is_widget:
+                    value = next(values)
+                    if options.get("control_after_generate"):
+                        next(values)
+                if name in linked:
+                    inputs[name] = [str(linked[name][1]), linked[name][2]]
+                elif is_widget:
+                    inputs[name] = value
+        leftover = list(values)
+        assert not leftover, f"node {node['id']} ({node['type']}) has widget values no input takes: {leftover}"
+        graph[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return graph

@@ -5,6 +5,7 @@ Step counts are read from the server's own progress events, never from the nodes
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -14,7 +15,7 @@ import torch
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy, save_policy
 
 from comfy_checkpoint import build_tiny_sd15
-from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, comfyui_dir, install_requirements
+from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
 
 CHECKPOINT = "tiny-sd15.safetensors"
 OPTIONS = (1, 2, 3)
@@ -52,8 +53,12 @@ def comfy(tmp_path_factory):
     _write_policy(policies / "sdxl.safetensors", token_dim=2048, pooled_dim=1280)
     (policies / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     (policies / "gone.safetensors").symlink_to(base / "deleted-policy.safetensors")
+    # A second policy folder given the way users share models between installs; it must be merged, not replaced.
+    _write_policy(base / "shared_models" / "policies" / "shared.safetensors", favourite=3)
+    extra_paths = base / "extra_model_paths.yaml"
+    extra_paths.write_text(f"adadiff_tests:\n    base_path: {base / 'shared_models'}\n    adadiff: policies\n")
     server = ComfyServer(comfy_dir, base)
-    server.start()
+    server.start("--extra-model-paths-config", str(extra_paths))
     yield server
     server.stop()
 
@@ -100,6 +105,11 @@ def _selector_graph(policy: str, text: str = "a lighthouse at dusk", batch: int 
     return graph
 
 
+def _listed_policies(comfy) -> set[str]:
+    kind, *rest = comfy.object_info("AdaDiffStepSelector")["input"]["required"]["policy"]
+    return set(rest[0]["options"] if kind == "COMBO" else kind)  # V3 combos: ("COMBO", {"options": [...]})
+
+
 def _text(run, node_id: str) -> str:
     return run.outputs(node_id)["text"][0]
 
@@ -107,7 +117,7 @@ def _text(run, node_id: str) -> str:
 # --- registration and schema -------------------------------------------------------------------------------------
 
 def test_object_info_lists_both_nodes_with_documented_inputs_and_outputs(comfy):
-    selector = comfy.get("/object_info/AdaDiffStepSelector")["AdaDiffStepSelector"]
+    selector = comfy.object_info("AdaDiffStepSelector")
     assert selector["display_name"] == "AdaDiff Step Selector"
     assert selector["category"] == "sampling/adadiff"
     assert selector["description"]
@@ -118,15 +128,13 @@ def test_object_info_lists_both_nodes_with_documented_inputs_and_outputs(comfy):
     assert selector["input"]["optional"]["model"][0] == "MODEL"
     assert selector["output"] == ["INT", "SIGMAS", "STRING"]
     assert selector["output_name"] == ["steps", "sigmas", "summary"]
-    policies = selector["input"]["required"]["policy"]
-    listed = policies[1]["options"] if policies[0] == "COMBO" else policies[0]  # newer ComfyUI lists options inline
-    assert {"two.safetensors", "sdxl.safetensors", "corrupt.safetensors"} <= set(listed)
+    assert {"two.safetensors", "sdxl.safetensors", "corrupt.safetensors"} <= _listed_policies(comfy)
 
-    sampler = comfy.get("/object_info/AdaDiffKSampler")["AdaDiffKSampler"]
+    sampler = comfy.object_info("AdaDiffKSampler")
     assert sampler["display_name"] == "AdaDiff KSampler"
     assert sampler["category"] == "sampling/adadiff"
     assert "steps" not in sampler["input"]["required"]
-    builtin = comfy.get("/object_info/KSampler")["KSampler"]["input"]["required"]
+    builtin = comfy.object_info("KSampler")["input"]["required"]
     assert set(sampler["input"]["required"]) == (set(builtin) - {"steps"}) | {"policy", "min_steps", "max_steps",
                                                                               "quality_bias"}
     assert sampler["output"] == ["LATENT", "INT"]
@@ -206,11 +214,36 @@ def test_selector_sigmas_drive_sampler_custom_advanced(comfy):
     assert _text(run, "16") == _text(run, "17"), "selector sigmas differ from ComfyUI's own karras schedule"
 
 
+def test_example_workflows_run_as_shipped(comfy):
+    """The UI-format examples convert to valid API graphs and sample the policy's choice (model names swapped)."""
+    for name, sampler in (("adadiff_selector_ksampler.json", "3"), ("adadiff_ksampler.json", "10")):
+        workflow = json.loads((REPO_ROOT / "example_workflows" / name).read_text())
+        graph = api_graph_from_workflow(workflow, comfy)
+        for node in graph.values():
+            inputs = node["inputs"]
+            if "ckpt_name" in inputs:
+                inputs["ckpt_name"] = CHECKPOINT
+            if "policy" in inputs:
+                assert inputs["policy"] == "adadiff-sd15.safetensors"
+                inputs["policy"] = "two.safetensors"
+            if node["class_type"] == "EmptyLatentImage":
+                inputs.update(width=64, height=64)
+        run = comfy.run(graph)
+        assert run.status == "success", (name, run.error)
+        assert run.sampled_steps(sampler) == 2, name
+
+
 # --- policy files on disk ------------------------------------------------------------------------------------------
 
 def _cached_nodes(run) -> set[str]:
     return {node for name, data in run.history["status"]["messages"] if name == "execution_cached"
             for node in data["nodes"]}
+
+
+def test_policy_folder_merges_extra_model_paths(comfy):
+    assert {"shared.safetensors", "two.safetensors"} <= _listed_policies(comfy)
+    run = comfy.run(_selector_graph("shared.safetensors", text="shared"))
+    assert run.sampled_steps("6") == 3
 
 
 def test_results_are_cached_until_the_policy_file_changes(comfy):
