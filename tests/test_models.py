@@ -57,6 +57,11 @@ def test_folder_loads_as_a_working_pipeline(pipe):
     assert image.shape == (1, 3, 32, 32) and torch.isfinite(image).all()
 
 
+def test_dtype_is_applied(tiny_folder):
+    loaded = load_pipeline(str(tiny_folder), dtype=torch.bfloat16)
+    assert loaded.unet.dtype == loaded.text_encoder.dtype == loaded.vae.dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize("name, cls", [("ddim", DDIMScheduler), ("dpm++2m", DPMSolverMultistepScheduler),
                                        ("euler", EulerDiscreteScheduler), ("euler_a", EulerAncestralDiscreteScheduler),
                                        ("unipc", UniPCMultistepScheduler), ("HeunDiscreteScheduler",

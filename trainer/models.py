@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from .model_configs import Checkpoint, detect_family, prepare_config_folder
+
 log = logging.getLogger(__name__)
 
 SCHEDULERS = {
@@ -117,24 +119,24 @@ def _require_weights(component_dir: Path) -> None:
 def _load_single_file(path: Path):
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    from .model_configs import detect_family, prepare_config_folder, read_checkpoint
-
-    checkpoint = read_checkpoint(path)
-    family = detect_family(checkpoint, path)
+    checkpoint = Checkpoint(path)
+    family = detect_family(checkpoint)
 
     import diffusers
 
-    pipeline_class = getattr(diffusers, family.pipeline)
     with tempfile.TemporaryDirectory(prefix="adadiff-config-") as config_dir:
         prepare_config_folder(family, checkpoint, Path(config_dir))
-        del checkpoint
-        return pipeline_class.from_single_file(str(path), config=config_dir, local_files_only=True)
+        del checkpoint  # diffusers reads the file again (memory-mapped); drop our copy of a .ckpt first
+        return getattr(diffusers, family.pipeline).from_single_file(str(path), config=config_dir,
+                                                                    local_files_only=True)
 
 
 def model_family(spec: str, pipe) -> str:
     """'sdxl', 'sd2', 'sd15', 'embedded' or 'custom' (a text encoder of another width)."""
     if str(spec) == "embedded":
         return "embedded"
+    if Path(spec).suffix.lower() in SINGLE_FILE_SUFFIXES:
+        return detect_family(Checkpoint(Path(spec).expanduser())).name
     if type(pipe).__name__.startswith("StableDiffusionXL"):
         return "sdxl"
     return {768: "sd15", 1024: "sd2"}.get(pipe.text_encoder.config.hidden_size, "custom")
