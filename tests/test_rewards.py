@@ -221,3 +221,14 @@ def test_toy_reward_comes_from_the_embedded_world():
     else:
         backend = build_reward("toy")
         assert isinstance(backend, RewardBackend) and backend.name
+
+
+def test_default_architectures_and_tags_exist_in_open_clip():
+    """The defaults users get resolve to real open_clip configs and tags (checked without downloading)."""
+    from adadiff.trainer.rewards import aesthetic, clip_score, hps
+
+    assert {"ViT-L-14", "ViT-H-14"} <= set(open_clip.list_models())
+    assert clip_score.DEFAULT_PRETRAINED in open_clip.list_pretrained_tags_by_model(clip_score.DEFAULT_ARCHITECTURE)
+    assert open_clip.get_model_config("ViT-L-14")["embed_dim"] == AestheticHead().layers[0].in_features
+    assert aesthetic.HEAD_URL.endswith("sac+logos+ava1-l14-linearMSE.pth")
+    assert set(hps.RELEASES.values()) == {"HPS_v2_compressed.pt", "HPS_v2.1_compressed.pt"}
