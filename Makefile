@@ -21,5 +21,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
+embedded-model: $(STAMP)
+	for phase in vae unet export; do OMP_NUM_THREADS=1 $(PY) -m adadiff.trainer.embedded.train --phase $$phase || exit 1; done
+
 benchmark: $(STAMP)
 	$(PY) benchmarks/policy_speed.py
