@@ -109,7 +109,7 @@ def test_missing_weights_file_is_named_with_a_remedy(tmp_path):
 
 
 def test_weights_of_another_architecture_are_refused(tiny_clip):
-    with pytest.raises(RuntimeError, match="could not load ViT-B-32 weights"):
+    with pytest.raises(ValueError, match="could not load ViT-B-32 weights"):
         build_reward("clip", model="ViT-B-32", pretrained=str(tiny_clip[1]), device="cpu")
 
 
@@ -146,6 +146,10 @@ def test_aesthetic_errors(tiny_clip, tmp_path):
     missing = tmp_path / "head.pth"
     with pytest.raises(FileNotFoundError, match="head.pth.*improved-aesthetic-predictor"):
         build_reward("aesthetic", head=str(missing), model=TINY, pretrained=str(tiny_clip[1]), device="cpu")
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="cannot read the aesthetic predictor head"):
+        build_reward("aesthetic", head=str(garbage), model=TINY, pretrained=str(tiny_clip[1]), device="cpu")
     wide = tmp_path / "wide.pth"
     torch.save(AestheticHead(768).state_dict(), wide)
     with pytest.raises(ValueError, match="768-wide"):

@@ -52,7 +52,7 @@ def embedded_model_dir() -> Path:
 def load_pipeline(spec: str, *, scheduler: str = "ddim", device="cpu", dtype: torch.dtype = torch.float32):
     """A StableDiffusion(XL)Pipeline for `spec` with the named scheduler, on `device`, in `dtype`.
 
-    Errors (missing files, unknown scheduler, unsupported checkpoint) are raised before any weights are read.
+    Errors (missing files, unknown scheduler, unsupported checkpoint) are raised before any model is built.
     """
     scheduler_class, scheduler_settings = resolve_scheduler(scheduler)
     path = embedded_model_dir() if str(spec) == "embedded" else Path(spec).expanduser()
@@ -194,9 +194,10 @@ def token_lengths(pipe, prompts: Sequence[str]) -> list[int]:
 def encode_prompts(pipe, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The text conditioning the hosts hand the policy: (prompt_embeds [B, 77, D], pooled [B, P] or None).
 
-    SD1.x/2.x: the final-layer-normed CLIP states, end-token padded to 77, no attention mask (ComfyUI
-    CLIPTextEncode and A1111 get_learned_conditioning agree with this to ~4e-6); no pooled vector, as A1111 gives
-    none. SDXL: both encoders' states concatenated [B, 77, 2048] and CLIP-G's pooled projection [B, 1280].
+    SD1.x/2.x: the final-layer-normed CLIP states padded to 77 as the hosts pad (end token for SD1.x, "!" for
+    SD2.x), no attention mask (ComfyUI CLIPTextEncode and A1111 get_learned_conditioning agree with this to ~4e-6);
+    no pooled vector, as A1111 gives none. SDXL: both encoders' penultimate states concatenated [B, 77, 2048] and
+    CLIP-G's pooled projection [B, 1280].
     Prompts over `prompt_token_limit` tokens are cut there (the hosts would add a second 77-token chunk instead);
     the count is logged.
     """

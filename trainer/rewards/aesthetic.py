@@ -5,6 +5,7 @@ rating; iqs = rating / 10. The prompt is not used.
 """
 from __future__ import annotations
 
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,7 +40,10 @@ def load_head(head: str, device: torch.device) -> AestheticHead:
         path = Path(head).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"aesthetic predictor head not found: {path}; {_HOW_TO_GET_HEAD}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError) as error:
+            raise ValueError(f"cannot read the aesthetic predictor head {path} ({error}); {_HOW_TO_GET_HEAD}") from error
     else:
         try:
             state = torch.hub.load_state_dict_from_url(head, map_location="cpu", weights_only=True)

@@ -39,7 +39,7 @@ def load_open_clip(architecture: str, pretrained: str, device: torch.device, *, 
         model = open_clip.create_model(architecture, pretrained=pretrained, device=device,
                                        require_pretrained=True)
     except Exception as error:  # shape mismatches surface as RuntimeError, AssertionError or KeyError
-        raise RuntimeError(f"could not load {architecture} weights {pretrained!r}: {error}; {how_to_get}") from error
+        raise ValueError(f"could not load {architecture} weights {pretrained!r}: {error}; {how_to_get}") from error
     return model.eval().requires_grad_(False), open_clip.get_tokenizer(architecture)
 
 
