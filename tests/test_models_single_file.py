@@ -316,11 +316,23 @@ class NotATensor:
     pass
 
 
-def test_ckpt_with_python_objects_is_refused(files, tmp_path):
+def test_ckpt_with_python_objects_or_garbage_is_refused(files, tmp_path):
     unsafe = tmp_path / "unsafe.ckpt"
     torch.save({"state_dict": files[1]["sd15"][1], "callback": NotATensor()}, unsafe)
-    with pytest.raises(ValueError, match="weights_only=True"):
-        load_pipeline(str(unsafe))
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"these are not the weights you are looking for")
+    for path in (unsafe, garbage):
+        with pytest.raises(ValueError, match="weights_only=True.*Python objects"):
+            load_pipeline(str(path))
+
+
+def test_legacy_ckpt_format_is_read_without_memory_mapping(files, tmp_path):
+    state = files[1]["sd15"][1]
+    legacy = tmp_path / "legacy.ckpt"
+    torch.save({"state_dict": state}, legacy, _use_new_zipfile_serialization=False)
+    checkpoint = Checkpoint(legacy)
+    assert checkpoint.shapes == {k: tuple(v.shape) for k, v in state.items()}
+    assert detect_family(checkpoint).name == "sd15"
 
 
 def test_files_that_are_not_text_to_image_checkpoints_are_refused(files, tmp_path):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,29 +81,17 @@ class Checkpoint:
 
 def load_ckpt(path: Path) -> dict:
     """A .ckpt's state dict, unpickled with weights_only=True (tensors and plain containers only)."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # files from torch < 1.6 are not zip archives and cannot be memory-mapped
-        data = _load_weights_only(path)
-    except pickle.UnpicklingError as error:
-        raise _unsafe_ckpt(path, error) from error
+    try:  # memory-mapped unless it predates torch's zip format (torch < 1.6), which cannot be mapped
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as error:  # UnpicklingError, or whatever a damaged file makes the unpickler raise
+        raise ValueError(f"{path} cannot be read with torch.load(weights_only=True): it is damaged, not a PyTorch "
+                         "file, or holds Python objects besides tensors, which are not unpickled because that "
+                         f"could run code ({error}). Convert it to .safetensors with a tool you trust") from error
     while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict):
         raise ValueError(f"{path} holds a {type(data).__name__}, not a state dict of tensors")
     return data
-
-
-def _load_weights_only(path: Path):
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise _unsafe_ckpt(path, error) from error
-
-
-def _unsafe_ckpt(path: Path, error: Exception) -> ValueError:
-    return ValueError(f"{path} contains Python objects besides tensors, which are not unpickled (weights_only=True) "
-                      f"because that could run code: {error}. Convert it to .safetensors with a tool you trust")
 
 
 def detect_family(checkpoint: Checkpoint) -> Family:
