@@ -54,8 +54,13 @@ def current_job(p) -> StepJob | None:
     return getattr(p, JOB_ATTRIBUTE, None)
 
 
-def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[list[str]], Any]) -> StepChoice | None:
-    """Set ``p.steps`` for this batch from its prompts (the most demanding one wins); None if that failed."""
+def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[list[str]], Any],
+                       least_steps: int = 1) -> StepChoice | None:
+    """Set ``p.steps`` for this batch from its prompts (the most demanding one wins); None if that failed.
+
+    ``least_steps`` is the fewest steps the job's sampler accepts; it overrides the user's max, since a count below it
+    would fail the whole job.
+    """
     settings = job.settings
     try:
         choice = choose_steps(
@@ -72,9 +77,9 @@ def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[li
         log.exception("AdaDiff: reading the prompts' conditioning failed")
         report_problem(p, job.requested_steps, f"reading the prompts' conditioning failed ({error!r})")
         return None
-    p.steps = choice.steps
+    p.steps = max(choice.steps, least_steps)
     p.extra_generation_params.pop(ERROR_KEY, None)
-    log.info("%s", choice.summary())
+    log.info("%s%s", choice.summary(), f"\nraised to {p.steps}, the sampler's minimum" if p.steps > choice.steps else "")
     return choice
 
 

@@ -31,6 +31,13 @@ def encode_prompts(sd_model, prompts: list[str]):
         return sd_model.get_learned_conditioning(prompts)
 
 
+def sampler_least_steps(p) -> int:
+    """UniPC refuses fewer steps than its order (a webui setting, 3 by default); the other samplers run from 1."""
+    if "UniPC" in (p.sampler_name, getattr(p, "hr_sampler_name", None)):
+        return int(getattr(shared.opts, "uni_pc_order", 1))
+    return 1
+
+
 class AdaDiffAccordion(scripts.Script):
     """Always-on: when enabled, each batch runs at the step count the policy picks for its prompts."""
 
@@ -56,7 +63,8 @@ class AdaDiffAccordion(scripts.Script):
     def process_batch(self, p, *args, prompts, **kwargs):
         job = current_job(p)
         if job is not None:
-            choose_batch_steps(p, job, list(prompts), lambda batch: encode_prompts(p.sd_model, batch))
+            choose_batch_steps(p, job, list(prompts), lambda batch: encode_prompts(p.sd_model, batch),
+                               least_steps=sampler_least_steps(p))
 
 
 class AdaDiffPerPromptScript(scripts.Script):

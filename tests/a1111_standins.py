@@ -13,7 +13,7 @@ the behaviour the extension depends on is reproduced:
   infotext per image written from ``p.steps`` and ``p.extra_generation_params`` as ``create_infotext`` does),
   ``Processed`` (constructor signature of v1.10.1), ``fix_seed``.
 * ``modules.infotext_utils``: ``quote``/``unquote`` and the key/value parsing of ``parse_generation_parameters``.
-* ``modules.shared.state``, ``modules.devices.autocast``, ``modules.paths.models_path``,
+* ``modules.shared.state`` and ``opts.uni_pc_order``, ``modules.devices.autocast``, ``modules.paths.models_path``,
   ``modules.ui_common.create_refresh_button``.
 * ``gradio``: the webui's own gradio (3.41.2 on A1111, 4.40 on Forge) cannot be installed next to this project's
   test pins (it needs pillow < 11 and numpy 1.x), so the five component classes the extension uses are stood in for
@@ -93,8 +93,8 @@ class _Accordion:
     open_stack: list["_Accordion"] = []
     created: list["_Accordion"] = []
 
-    def __init__(self, label=None, *, open=True, visible=True, elem_id=None, elem_classes=None):
-        self.label, self.open, self.visible, self.elem_id, self.elem_classes = label, open, visible, elem_id, elem_classes
+    def __init__(self, label, *, open=True, visible=True, elem_id=None):
+        self.label, self.open, self.visible, self.elem_id = label, open, visible, elem_id
         self.children: list = []
         _Accordion.created.append(self)
 
@@ -287,6 +287,7 @@ class StableDiffusionProcessing:
     subseed: int = -1
     subseed_strength: float = 0
     steps: int = 50
+    sampler_name: str = "Euler"
     n_iter: int = 1
     batch_size: int = 1
     do_not_save_grid: bool = False
@@ -384,6 +385,14 @@ class State:
 state = State()
 
 
+@dataclass
+class Options:
+    uni_pc_order: int = 3
+
+
+opts = Options()
+
+
 def autocast(disable=False):
     return contextlib.nullcontext()
 
@@ -450,7 +459,7 @@ def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
                               fix_seed=fix_seed, StableDiffusionProcessing=StableDiffusionProcessing),
         "infotext_utils": _module("modules.infotext_utils", quote=quote, unquote=unquote,
                                   parse_generation_parameters=parse_generation_parameters),
-        "shared": _module("modules.shared", state=state),
+        "shared": _module("modules.shared", state=state, opts=opts),
         "devices": _module("modules.devices", autocast=autocast),
         "paths": _module("modules.paths", models_path=models_path),
         "ui_common": _module("modules.ui_common", create_refresh_button=create_refresh_button),

@@ -205,6 +205,11 @@ def test_the_knob_and_the_limits_move_the_choice(host):
     assert params[0][INFOTEXT_KEY] == "known.safetensors, knob 0.35, min 5, max 9"
 
 
+def test_unipc_never_gets_fewer_steps_than_its_order(host):
+    assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(max_steps=2), sampler_name="UniPC"))) == [3]
+    assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(max_steps=2), sampler_name="Euler"))) == [2]
+
+
 def test_api_values_arrive_untyped_and_are_accepted(host):
     processed = host.generate(host.job(MARKET, accordion=[True, "known.safetensors", "0", "1", 150.0]))
     assert steps_of(processed) == [12]

@@ -1,0 +1,147 @@
+"""The extension inside a real AUTOMATIC1111 (or Forge) webui, driven over its HTTP API.
+
+Runs only when ``ADADIFF_WEBUI_URL`` points to a running webui started with ``--api`` that has this extension installed
+and at least one policy in ``models/adadiff/`` (``ADADIFF_WEBUI_POLICY`` names it; default: the first one listed).
+Use a small checkpoint: every test generates a few 64x64 images with few steps.
+
+The webui swallows errors in always-on hooks and answers HTTP 200, so these tests check effects: the ``Steps:`` and
+``AdaDiff`` infotext of every image, and that each image is pixel-identical to one generated without AdaDiff at the
+step count its infotext reports (so the sampler really ran that many steps).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import urllib.request
+
+import pytest
+
+URL = os.environ.get("ADADIFF_WEBUI_URL", "").rstrip("/")
+pytestmark = pytest.mark.skipif(not URL, reason="set ADADIFF_WEBUI_URL to a running webui with the extension to run")
+
+SAMPLERS = ("Euler", "Euler a", "LMS", "DPM++ 2M", "DDIM", "UniPC")
+PROMPTS = ("a red cube", "a cat", "a busy market at dusk, many people",
+           "an intricate cathedral interior, volumetric light, crowds, reflections")
+BASE = {"width": 64, "height": 64, "cfg_scale": 7, "seed": 11, "sampler_name": "Euler"}
+USER_STEPS = 5
+
+
+def call(path: str, payload: dict | None = None) -> dict:
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(f"{URL}{path}", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.load(response)
+
+
+def generate(path: str = "/sdapi/v1/txt2img", **payload) -> tuple[list[bytes], list[dict], list[str]]:
+    """Images (decoded pixels), parsed infotexts and raw infotexts of one job."""
+    result = call(path, {**BASE, **payload})
+    infotexts = json.loads(result["info"])["infotexts"]
+    params = [parse_infotext(text) for text in infotexts]
+    return [pixels(image) for image in result["images"]], params, infotexts
+
+
+def pixels(image_b64: str) -> bytes:
+    from PIL import Image
+
+    return Image.open(io.BytesIO(base64.b64decode(image_b64))).convert("RGB").tobytes()
+
+
+def parse_infotext(text: str) -> dict:
+    return call("/sdapi/v1/png-info", {"image": _png_with_infotext(text)})["parameters"]
+
+
+def _png_with_infotext(text: str) -> str:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture(scope="module")
+def policy() -> str:
+    infos = [s for s in call("/sdapi/v1/script-info") if s["name"] == "adadiff" and not s["is_img2img"]]
+    assert infos, "the AdaDiff extension is not loaded in this webui"
+    choices = infos[0]["args"][1]["choices"]
+    name = os.environ.get("ADADIFF_WEBUI_POLICY") or (choices[0] if choices else None)
+    assert name in choices, f"policy {name!r} is not among the webui's AdaDiff policies {choices}"
+    return name
+
+
+def adadiff(policy: str, knob=0, min_steps=1, max_steps=150) -> dict:
+    return {"alwayson_scripts": {"AdaDiff": {"args": [True, policy, knob, min_steps, max_steps]}}}
+
+
+def assert_really_sampled(images, params, prompts, **payload):
+    """Each image equals a plain (AdaDiff off) generation at the steps its infotext reports."""
+    for image, info, prompt in zip(images, params, prompts):
+        plain, plain_params, _ = generate(prompt=prompt, steps=int(info["Steps"]), **{**payload, "seed": int(info["Seed"])})
+        assert "AdaDiff" not in plain_params[0]
+        assert plain[0] == image, f"{prompt!r}: the image was not sampled with {info['Steps']} steps"
+
+
+def test_both_scripts_are_listed_for_txt2img_and_img2img(policy):
+    scripts = call("/sdapi/v1/scripts")
+    for tab in ("txt2img", "img2img"):
+        assert {"adadiff", "adadiff per-prompt steps"} <= set(scripts[tab])
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_each_prompt_runs_at_the_policys_steps_with_every_sampler(policy, sampler):
+    for prompt in PROMPTS:
+        images, params, _ = generate(prompt=prompt, steps=USER_STEPS, sampler_name=sampler, batch_size=2,
+                                     **adadiff(policy))
+        steps = {info["Steps"] for info in params}
+        assert len(steps) == 1, "a batch shares one step count"
+        for info in params:
+            assert info["AdaDiff"] == f"{policy}, knob 0, min 1, max 150"
+            assert "AdaDiff error" not in info
+        assert_really_sampled(images[:1], params[:1], [prompt], sampler_name=sampler)
+
+
+def test_limits_pin_the_steps(policy):
+    images, params, _ = generate(prompt=PROMPTS[0], steps=USER_STEPS, **adadiff(policy, min_steps=7, max_steps=7))
+    assert [info["Steps"] for info in params] == ["7"]
+    assert_really_sampled(images, params, [PROMPTS[0]])
+
+
+def test_disabled_leaves_the_job_alone(policy):
+    _, params, _ = generate(prompt=PROMPTS[3], steps=USER_STEPS)
+    assert params[0]["Steps"] == str(USER_STEPS) and "AdaDiff" not in params[0]
+
+
+def test_hires_fix_and_img2img_follow_the_choice(policy):
+    images, params, _ = generate(prompt=PROMPTS[1], steps=USER_STEPS, enable_hr=True, hr_scale=2,
+                                 denoising_strength=0.5, hr_upscaler="Latent", **adadiff(policy, min_steps=4, max_steps=4))
+    assert params[0]["Steps"] == "4" and "AdaDiff" in params[0]
+    init = "data:image/png;base64," + call("/sdapi/v1/txt2img", {**BASE, "prompt": "x", "steps": 2})["images"][0]
+    _, params, _ = generate("/sdapi/v1/img2img", prompt=PROMPTS[2], steps=USER_STEPS, init_images=[init],
+                            denoising_strength=0.75, **adadiff(policy, min_steps=6, max_steps=6))
+    assert params[0]["Steps"] == "6" and "AdaDiff" in params[0]
+
+
+def test_per_prompt_script_gives_each_prompt_its_own_steps(policy):
+    images, params, _ = generate(prompt="unused", steps=USER_STEPS, script_name="AdaDiff per-prompt steps",
+                                 script_args=[policy, 0, 1, 150, "\n".join(PROMPTS)])
+    assert [info["Prompt"] for info in params] == list(PROMPTS)
+    assert all(info["AdaDiff"] == f"{policy}, knob 0, min 1, max 150" for info in params)
+    print("per-prompt steps:", {info["Prompt"]: int(info["Steps"]) for info in params})
+    assert_really_sampled(images, params, PROMPTS)
+
+
+def test_an_infotext_pasted_into_the_api_restores_the_settings(policy):
+    _, params, infotexts = generate(prompt=PROMPTS[2], steps=USER_STEPS, **adadiff(policy, knob=0.5, max_steps=30))
+    _, again, _ = generate(prompt=PROMPTS[2], infotext=infotexts[0])
+    assert again[0]["AdaDiff"] == params[0]["AdaDiff"] == f"{policy}, knob 0.5, min 1, max 30"
+    assert again[0]["Steps"] == params[0]["Steps"]
+
+
+def test_a_missing_policy_keeps_the_users_steps_and_says_so(policy):
+    _, params, _ = generate(prompt=PROMPTS[0], steps=USER_STEPS, **adadiff("no-such-policy.safetensors"))
+    assert params[0]["Steps"] == str(USER_STEPS)
+    assert "'no-such-policy.safetensors' was not found" in params[0]["AdaDiff error"]
