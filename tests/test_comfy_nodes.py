@@ -306,8 +306,10 @@ def test_selector_overhead_is_small_next_to_one_sampling_step(comfy, record_prop
         executing = [(e["received"], e["data"]["node"]) for e in run.events if e["type"] == "executing"]
         start = next(i for i, (_, node) in enumerate(executing) if node == "5")
         selector_seconds.append(executing[start + 1][0] - executing[start][0])
-        progress = [e["received"] for e in run.events if e["type"] == "progress" and e["data"]["node"] == "6"]
-        step_seconds.append((progress[-1] - progress[0]) / (len(progress) - 1))
+        progress = [(e["received"], e["data"]["value"]) for e in run.events
+                    if e["type"] == "progress" and e["data"]["node"] == "6"]
+        (first_time, first_step), (last_time, last_step) = progress[0], progress[-1]
+        step_seconds.append((last_time - first_time) / (last_step - first_step))
     policy = load_policy(comfy.base_dir / "models" / "adadiff" / "three.safetensors")
     conditioning = [[torch.randn(1, 77, 768), {"pooled_output": torch.randn(1, 768)}]]
     threads = torch.get_num_threads()
