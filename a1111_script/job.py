@@ -79,7 +79,9 @@ def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[li
         return None
     p.steps = max(choice.steps, least_steps)
     p.extra_generation_params.pop(ERROR_KEY, None)
-    log.info("%s%s", choice.summary(), f"\nraised to {p.steps}, the sampler's minimum" if p.steps > choice.steps else "")
+    log.info("%s", choice.summary())
+    if p.steps > choice.steps:
+        log.info("AdaDiff: raised to %d steps, the fewest this sampler runs", p.steps)
     return choice
 
 

@@ -1,6 +1,8 @@
 """The extension's host-independent parts: settings from untyped control values, the infotext round trip, and the
 policy folders with their reload-on-change cache."""
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -82,3 +84,11 @@ def test_store_reads_a_file_again_only_when_it_changed(tmp_path):
     second = store.load("p.safetensors")
     assert second is not first
     assert not all((a == b).all() for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_the_host_independent_modules_import_no_webui_module():
+    code = ("import sys, adadiff.a1111_script.settings, adadiff.a1111_script.job, adadiff.a1111_script.policy_store\n"
+            "print(','.join(m for m in sys.modules if m.split('.')[0] in ('modules', 'gradio', 'launch')))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
