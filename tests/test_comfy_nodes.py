@@ -147,6 +147,14 @@ def test_object_info_lists_both_nodes_with_documented_inputs_and_outputs(comfy):
         assert all(node["output_tooltips"]), f"{node['name']} has an output without tooltip"
 
 
+def test_pack_loads_without_warnings(comfy):
+    """ComfyUI imports the pack and parses its pyproject.toml ([tool.comfy]) without complaint."""
+    log = comfy.log_path.read_text(errors="replace")
+    pack_lines = [line for line in log.splitlines() if "custom_nodes/adadiff" in line and "adadiff_test" not in line]
+    assert pack_lines and not any("IMPORT FAILED" in line for line in pack_lines), pack_lines
+    assert "Unable to parse pyproject.toml" not in log
+
+
 # --- decisions reach the sampler -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("policy, expected", [("two.safetensors", 2), ("three.safetensors", 3)])
