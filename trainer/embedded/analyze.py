@@ -48,11 +48,28 @@ def fixed_budget_iqs(iqs: np.ndarray, options: np.ndarray, mean_steps: float) ->
     return (1 - weight_hi) * iqs[:, hi - 1] + weight_hi * iqs[:, hi]
 
 
+def shuffled_choice_iqs(iqs: np.ndarray, chosen: list[np.ndarray], permutations: int = 50) -> np.ndarray:
+    """Per-prompt IQS [P] of a random policy with the oracle's step distribution: the choices made on one seed,
+    handed to randomly permuted prompts and scored on the other seed (mean over fixed-seed permutations)."""
+    rng = np.random.default_rng(0)
+    rows = np.arange(iqs.shape[0])
+    total = np.zeros(iqs.shape[0])
+    for _ in range(permutations):
+        for a in (0, 1):
+            total += iqs[rows, 1 - a, chosen[a][rng.permutation(len(rows))]]
+    return total / (2 * permutations)
+
+
 def cross_seed_oracle(iqs: np.ndarray, options: np.ndarray) -> dict:
-    """Steps chosen per prompt on one seed, scored on the other (both directions); iqs is [P, 2, O]."""
+    """Steps chosen per prompt on one seed, scored on the other (both directions); iqs is [P, 2, O].
+
+    Compared with a fixed step count of the same mean (the issue's criterion) and with a random policy of the same
+    step distribution (the method's key control: when steps depend on IQS curves that are steep, a mix of few and
+    many steps can beat the fixed middle even if the choice carries no information about the prompt)."""
     chosen = [oracle_indices(iqs[:, a]) for a in (0, 1)]
     rows = np.arange(iqs.shape[0])
     scored = np.stack([iqs[rows, 1 - a, chosen[a]] for a in (0, 1)], axis=1).mean(1)  # [P]
+    shuffled = shuffled_choice_iqs(iqs, chosen)
     steps = np.stack([options[chosen[a]] for a in (0, 1)], axis=1).mean(1)
     mean_steps = float(steps.mean())
     fixed = np.stack([fixed_budget_iqs(iqs[:, b], options, mean_steps) for b in (0, 1)], axis=1).mean(1)
@@ -69,8 +86,12 @@ def cross_seed_oracle(iqs: np.ndarray, options: np.ndarray) -> dict:
         "fixed_same_mean_iqs": float(fixed.mean()),
         "advantage_over_fixed": float(difference.mean()),
         "advantage_in_se": float(difference.mean() / se(difference)) if se(difference) > 0 else 0.0,
+        "shuffled_same_distribution_iqs": float(shuffled.mean()),
+        "advantage_over_shuffled": float((scored - shuffled).mean()),
+        "advantage_over_shuffled_in_se": float((scored - shuffled).mean() / se(scored - shuffled))
+        if se(scored - shuffled) > 0 else 0.0,
         "se": {"iqs": se(scored), "fixed_same_mean_iqs": se(fixed), "advantage_over_fixed": se(difference),
-               "iqs_drop_pct": 100 * se(drop)},
+               "advantage_over_shuffled": se(scored - shuffled), "iqs_drop_pct": 100 * se(drop)},
     }
 
 

@@ -16,6 +16,7 @@ import argparse
 import logging
 import math
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,7 @@ def training_batch(seed: int, step: int, batch: int) -> tuple[list[str], torch.T
     return [s.caption() for s in scenes], torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
+@lru_cache(maxsize=4)
 def latent_scaling_factor(seed: int) -> float:
     """1 / std of the unscaled latent over training renders, so the UNet sees unit-variance data."""
     _, images = training_batch(seed + 1000, 0, 4096)
