@@ -72,7 +72,9 @@ def load_pipeline(spec: str, *, scheduler: str = "ddim", device="cpu", dtype: to
         )
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config, **scheduler_settings)
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device=device, dtype=dtype)  # not torch_dtype=: renamed across diffusers versions
+    if pipe.dtype != dtype:  # cast after loading: the loaders' dtype argument was renamed across diffusers versions
+        pipe.to(dtype=dtype)
+    return pipe.to(device)
 
 
 def resolve_scheduler(name: str):
