@@ -356,7 +356,7 @@ def test_files_that_are_not_text_to_image_checkpoints_are_refused(files, tmp_pat
 def test_prediction_type(files, tmp_path, caplog):
     path, state = files[1]["sd2"]
     with caplog.at_level(logging.WARNING):
-        assert prediction_type(FAMILIES["sd2"], Checkpoint(path), "v_prediction") == "v_prediction"
+        assert prediction_type(FAMILIES["sd2"], Checkpoint(path), "v_prediction") == "epsilon"
     assert "cannot tell" in caplog.text
     probe = UNET + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
     for spread, expected in ((0.2, "v_prediction"), (0.01, "epsilon")):

@@ -144,14 +144,15 @@ def prepare_config_folder(family: Family, checkpoint: Checkpoint, destination: P
 
 
 def prediction_type(family: Family, checkpoint: Checkpoint, default: str) -> str:
-    """'v_prediction' or 'epsilon': a `v_pred` marker key wins; SD2.x 768-v and 512-base differ in one bias."""
+    """'v_prediction' or 'epsilon': a `v_pred` marker key wins; SD2.x 768-v and 512-base differ in the spread of
+    one layer-norm bias (the rule ComfyUI applies, so trainer and host sample the same way)."""
     if "v_pred" in checkpoint.shapes:
         return "v_prediction"
     if family.name != "sd2":
         return default
-    if _SD2_V_PREDICTION_PROBE not in checkpoint.shapes:
-        log.warning("%s: cannot tell whether this SD2.x model predicts v or noise; assuming %s",
-                    checkpoint.path, default)
-        return default
+    if _SD2_V_PREDICTION_PROBE not in checkpoint.shapes:  # ComfyUI then samples it as epsilon: agree with it
+        log.warning("%s: cannot tell whether this SD2.x model predicts v or noise; assuming noise (epsilon)",
+                    checkpoint.path)
+        return "epsilon"
     spread = checkpoint.tensor(_SD2_V_PREDICTION_PROBE).float().std(unbiased=False).item()
     return "v_prediction" if spread > _SD2_V_PREDICTION_STD else "epsilon"
