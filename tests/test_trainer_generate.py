@@ -1,0 +1,96 @@
+"""The reward table: same initial noise for every option, chunked pieces on disk, resumable, refuses mix-ups."""
+import pytest
+import torch
+
+from adadiff.trainer.config import GenerateSettings, TrainerInputError
+from adadiff.trainer.generate import generate_table, noise_seed
+from adadiff.trainer.models import load_pipeline, model_info
+from adadiff.trainer.table import TableFolder, load_table
+from trainer_fixtures import PROMPTS, TOKEN_DIM, Brightness, ClosenessToReference, save_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = save_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny")
+    pipe = load_pipeline(str(folder))
+    return pipe, model_info(str(folder), pipe)
+
+
+def settings(**changes):
+    values = dict(options=(2, 4, 6), seeds=(0, 1), batch_size=3, guidance=2.0, device="cpu")
+    return GenerateSettings(**{**values, **changes})
+
+
+class Interrupting(ClosenessToReference):
+    """Ctrl-C after a number of scored units, as a user would press it mid-run."""
+
+    def __init__(self, after: int):
+        super().__init__(reference_steps=6)
+        self.after = after
+
+    def score(self, images, prompts, references=None):
+        if self.calls == self.after:
+            raise KeyboardInterrupt
+        return super().score(images, prompts, references)
+
+
+def test_every_option_starts_from_the_same_noise(model, tmp_path):
+    pipe, info = model
+    generate_table(pipe, PROMPTS, ClosenessToReference(reference_steps=6), settings(), tmp_path / "t", model=info,
+                   show_progress=False)
+    table = load_table(tmp_path / "t")
+    assert table.iqs.shape == (len(PROMPTS), 2, 3) and table.prompts == PROMPTS
+    # The 6-step option is the reference itself: identical images, so the same initial noise and sampler.
+    assert torch.equal(table.components["difference"][:, :, 2], torch.zeros(len(PROMPTS), 2))
+    assert (table.components["difference"][:, :, 0] > 0).all()  # fewer steps really differ
+    assert not torch.equal(table.iqs[:, 0, 0], table.iqs[:, 1, 0])  # seeds really differ
+    assert (table.time_s > 0).all()
+    assert table.features.tokens.shape == (len(PROMPTS), 16, TOKEN_DIM) and table.features.mask.all()
+    assert table.description["model"]["fingerprint"] == info["fingerprint"]
+
+
+def test_noise_depends_on_seed_and_prompt_only(model, tmp_path):
+    pipe, info = model
+    assert noise_seed(0, "a") == noise_seed(0, "a") != noise_seed(1, "a") != noise_seed(0, "b")
+    for batch_size in (2, 4):
+        generate_table(pipe, PROMPTS, Brightness(), settings(batch_size=batch_size, seeds=(0,)),
+                       tmp_path / f"b{batch_size}", model=info, show_progress=False)
+    two, four = load_table(tmp_path / "b2"), load_table(tmp_path / "b4")
+    torch.testing.assert_close(two.iqs, four.iqs, atol=1e-5, rtol=0)  # batch composition does not matter
+
+
+def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupted_one(model, tmp_path):
+    pipe, info = model
+    whole = ClosenessToReference(reference_steps=6)
+    generate_table(pipe, PROMPTS, whole, settings(), tmp_path / "whole", model=info, show_progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        generate_table(pipe, PROMPTS, Interrupting(after=5), settings(), tmp_path / "cut", model=info,
+                       show_progress=False)
+    folder = TableFolder(tmp_path / "cut")
+    assert len(folder.missing_units(folder.read_description())) == 3 * 2 * 3 - 5
+    assert any(folder.units.glob("*-ref.safetensors"))  # the interrupted chunk's reference waits for the rerun
+    with pytest.raises(TrainerInputError, match="unfinished"):
+        load_table(tmp_path / "cut")
+    rest = ClosenessToReference(reference_steps=6)
+    generate_table(pipe, PROMPTS, rest, settings(), tmp_path / "cut", model=info, show_progress=False)
+    assert rest.calls == whole.calls - 5  # nothing finished was scored again
+    resumed, uninterrupted = load_table(tmp_path / "cut"), load_table(tmp_path / "whole")
+    assert torch.equal(resumed.iqs, uninterrupted.iqs)
+    assert torch.equal(resumed.components["difference"], uninterrupted.components["difference"])
+    assert torch.equal(resumed.features.tokens, uninterrupted.features.tokens)
+    assert not any(folder.units.glob("*-ref.safetensors")) and not any(folder.units.glob("*.partial-*"))
+
+
+def test_a_folder_holding_something_else_is_never_overwritten(model, tmp_path):
+    pipe, info = model
+    generate_table(pipe, PROMPTS[:2], Brightness(), settings(seeds=(0,), options=(2, 3)), tmp_path / "t", model=info,
+                   show_progress=False)
+    with pytest.raises(TrainerInputError, match=r"other settings \(options, prompts differ\); it would be overwritten"):
+        generate_table(pipe, PROMPTS[:3], Brightness(), settings(seeds=(0,)), tmp_path / "t", model=info,
+                       show_progress=False)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(TrainerInputError, match="is not a reward table; it would be overwritten"):
+        generate_table(pipe, PROMPTS[:2], Brightness(), settings(), tmp_path / "other", model=info, show_progress=False)
+    with pytest.raises(TrainerInputError, match="no reward table here"):
+        load_table(tmp_path / "other")

@@ -1,0 +1,204 @@
+"""The trainer's settings: one declaration per setting gives its command-line flag, its TOML key and its check.
+
+``--config FILE.toml`` holds the same names as the flags (``batch-size`` or ``batch_size``); a flag given on the
+command line wins over the file, the file over the default. Reward-specific settings (weights files, CLIP
+architecture) go in a ``[reward_settings]`` table and are handed to the reward backend as they are.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from ..policy import PAPER_OPTIONS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 only
+    import tomli as tomllib
+
+
+class TrainerInputError(ValueError):
+    """Something the user gave (a flag, a file, a folder) that cannot work; the message says what to change."""
+
+
+def parse_int_list(text: str | list) -> tuple[int, ...]:
+    """``"5,10,15"`` (a flag) or ``[5, 10, 15]`` (TOML) -> (5, 10, 15)."""
+    parts = text if isinstance(text, (list, tuple)) else [p for p in str(text).split(",") if p.strip()]
+    try:
+        values = tuple(int(p) for p in parts)
+    except (TypeError, ValueError):
+        raise TrainerInputError(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not values:
+        raise TrainerInputError("expected at least one number, got none")
+    return values
+
+
+def _parse_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TrainerInputError(f"expected true or false, got {value!r}")
+
+
+def _setting(default: Any, help: str, parse: Callable[[Any], Any] | None = None, flag: bool = True):
+    metadata = {"help": help, "parse": parse, "flag": flag}
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """How the reward table is made: model, sampler, step options, seeds and the IQS backend."""
+
+    model: str | None = _setting(None, "a diffusers folder, a .safetensors/.ckpt checkpoint, or 'embedded'")
+    options: tuple[int, ...] = _setting(PAPER_OPTIONS, "step options, comma-separated", parse_int_list)
+    scheduler: str = _setting("ddim", "ddim, dpm++2m, euler, euler_a, unipc or a diffusers scheduler class name")
+    guidance: float = _setting(7.5, "classifier-free guidance scale", float)
+    size: int | None = _setting(None, "image height and width in pixels (default: the model's own)", int)
+    seeds: tuple[int, ...] = _setting((0, 1), "seeds, comma-separated: each prompt is sampled once per seed",
+                                      parse_int_list)
+    batch_size: int = _setting(8, "prompts sampled together in one pipeline call", int)
+    reward: str = _setting("clip", "IQS backend: clip, aesthetic, hpsv2, toy, or composite:name=weight,...")
+    reward_settings: dict = _setting({}, "settings handed to the reward backend (TOML table only)", flag=False)
+    device: str = _setting("auto", "torch device for the diffusion model, e.g. cpu or cuda (auto: the one accelerate "
+                                   "gives this process)")
+
+    def __post_init__(self):
+        options = self.options
+        if len(options) < 2 or list(options) != sorted(set(options)) or options[0] < 1:
+            raise TrainerInputError(f"--options must be at least two distinct positive step counts in increasing "
+                                    f"order, got {','.join(map(str, options))}")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise TrainerInputError(f"--seeds must be distinct non-negative numbers, got {self.seeds}")
+        if self.batch_size < 1:
+            raise TrainerInputError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.size is not None and (self.size < 8 or self.size % 8):
+            raise TrainerInputError(f"--size must be a multiple of 8 pixels, got {self.size}")
+        if self.guidance < 0:
+            raise TrainerInputError(f"--guidance must not be negative, got {self.guidance}")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """REINFORCE on the cached table (see :mod:`.fit` for what each term does and why the defaults)."""
+
+    top_k: int = _setting(3, "an option earns the positive reward only if its IQS ranks in the prompt's top k", int)
+    quality_weight: float = _setting(1.0, "lambda: weight of the normalised IQS in the positive reward", float)
+    miss_penalty: float = _setting(1.0, "gamma: reward -gamma for an option outside the top k", float)
+    baseline: str = _setting("expected", "reward baseline: expected (the policy's exact expected reward), batch, none")
+    actions_per_prompt: int = _setting(4, "actions sampled per prompt and update (more: less noise, no extra cost)",
+                                       int)
+    entropy: float = _setting(0.01, "entropy bonus weight (keeps exploring early on)", float)
+    lr: float = _setting(3e-4, "Adam learning rate", float)
+    fit_batch_size: int = _setting(256, "prompts per policy update", int)
+    max_epochs: int = _setting(100, "upper limit on passes over the training prompts", int)
+    patience: int = _setting(10, "stop after this many epochs without a better validation reward", int)
+    val_fraction: float = _setting(0.1, "share of the training prompts held back for validation", float)
+    fit_seed: int = _setting(0, "seed of the policy's initialisation, the split and the sampling", int)
+    policy_width: int = _setting(128, "width of the policy network", int)
+    policy_depth: int = _setting(3, "attention layers in the policy network", int)
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise TrainerInputError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.baseline not in ("expected", "batch", "none"):
+            raise TrainerInputError(f"--baseline must be expected, batch or none, got {self.baseline!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise TrainerInputError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
+        for name in ("fit_batch_size", "max_epochs", "patience", "actions_per_prompt"):
+            if getattr(self, name) < 1:
+                raise TrainerInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.entropy < 0 or self.miss_penalty < 0 or self.quality_weight < 0:
+            raise TrainerInputError("--lr must be positive and --entropy, --miss-penalty, --quality-weight not negative")
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """What a command reads and where it writes: files, folders and overwriting."""
+
+    prompts: str | None = _setting(None, "prompt file: .txt (one per line), .jsonl ('prompt' field) or .csv "
+                                         "('prompt' column)")
+    eval_prompts: str | None = _setting(None, "held-out prompt file for run (default: hold out part of --prompts)")
+    heldout_fraction: float = _setting(0.2, "share of --prompts held out for evaluation when --eval-prompts is not "
+                                            "given", float)
+    table: str | None = _setting(None, "a reward table folder made by generate")
+    policy: str | None = _setting(None, "a policy .safetensors file")
+    out: str | None = _setting(None, "where to write (a folder; for fit, the policy file)")
+    force: bool = _setting(False, "overwrite an existing policy file or report", _parse_bool)
+
+    def __post_init__(self):
+        if not 0.0 < self.heldout_fraction < 1.0:
+            raise TrainerInputError(f"--heldout-fraction must be between 0 and 1, got {self.heldout_fraction}")
+
+
+def add_flags(parser: argparse.ArgumentParser, settings_class: type, only: set[str] | None = None) -> None:
+    """One ``--flag`` per setting; unset flags stay absent so the TOML file and the defaults can fill them."""
+    group = parser.add_argument_group(settings_class.__doc__.split(":")[0].lower())
+    for item in fields(settings_class):
+        if not item.metadata["flag"] or (only is not None and item.name not in only):
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        if item.default is False:
+            group.add_argument(flag, dest=item.name, action="store_true", default=argparse.SUPPRESS,
+                               help=item.metadata["help"])
+        else:
+            group.add_argument(flag, dest=item.name, default=argparse.SUPPRESS,
+                               help=f"{item.metadata['help']} (default: {_shown(item.default)})")
+
+
+def read_config_file(path: str | Path | None) -> dict:
+    """A TOML settings file as a flat dict of setting names; {} when no file was given."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            values = tomllib.load(handle)
+    except FileNotFoundError:
+        raise TrainerInputError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise TrainerInputError(f"{path}: is not valid TOML ({error})") from None
+    return {key.replace("-", "_"): value for key, value in values.items()}
+
+
+def build_settings(settings_class: type, *layers: dict):
+    """Settings of ``settings_class`` from its defaults, then each layer in turn (e.g. the file, then the flags);
+    bad values raise :class:`TrainerInputError` naming the setting."""
+    values = {}
+    for item in fields(settings_class):
+        for source in layers:
+            if item.name in source:
+                values[item.name] = _parsed(item, source[item.name])
+    return settings_class(**values)
+
+
+def check_known_keys(path: str | Path | None, from_file: dict, known: set[str]) -> None:
+    """Refuse a config file key that no setting of this command reads: a typo must not silently do nothing."""
+    unknown = sorted(set(from_file) - known)
+    if unknown:
+        raise TrainerInputError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(known)}")
+
+
+def setting_names(*settings_classes: type) -> set[str]:
+    return {item.name for cls in settings_classes for item in fields(cls)}
+
+
+def _parsed(item, value):
+    parse = item.metadata["parse"]
+    if parse is None or value is None:
+        return value
+    try:
+        return parse(value)
+    except TrainerInputError as error:
+        raise TrainerInputError(f"--{item.name.replace('_', '-')}: {error}") from None
+    except (TypeError, ValueError):
+        raise TrainerInputError(f"--{item.name.replace('_', '-')}: cannot use {value!r}") from None
+
+
+def _shown(default) -> str:
+    if isinstance(default, tuple):
+        return ",".join(map(str, default))
+    return str(default)

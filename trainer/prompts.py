@@ -1,0 +1,145 @@
+"""Prompt files (.txt, .jsonl, .csv) read and checked before any long work starts.
+
+Every problem a user can fix in the file is reported with its line number, all at once, so a reward table that
+takes hours never dies on line 9,000. Duplicates are not an error: they are dropped (keeping the first) with a
+warning, because a prompt counted twice would only weigh twice in training.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import TrainerInputError
+
+logger = logging.getLogger(__name__)
+
+PROMPT_FILE_KINDS = (".txt", ".jsonl", ".csv")
+PROMPT_FIELD = "prompt"
+_MAX_LISTED_PROBLEMS = 5
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The usable prompts of a file, in file order, and what was dropped from it."""
+
+    prompts: tuple[str, ...]
+    source: str
+    duplicates_dropped: int = 0
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def read_prompts(path: str | Path) -> PromptSet:
+    """Read and check a prompt file; raises :class:`TrainerInputError` naming the file, the lines and the fix."""
+    path = Path(path)
+    if path.suffix.lower() not in PROMPT_FILE_KINDS:
+        raise TrainerInputError(f"{path}: prompt files must end in {', '.join(PROMPT_FILE_KINDS)}, got "
+                                f"'{path.suffix or 'no extension'}'")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TrainerInputError(f"{path}: no such prompt file; check the path") from None
+    except IsADirectoryError:
+        raise TrainerInputError(f"{path}: is a folder; point --prompts to a {'/'.join(PROMPT_FILE_KINDS)} file") from None
+    except OSError as error:
+        raise TrainerInputError(f"{path}: cannot be read ({error.strerror}); check its permissions") from None
+    lines = _decode_lines(path, data)
+    reader = {".txt": _from_txt, ".jsonl": _from_jsonl, ".csv": _from_csv}[path.suffix.lower()]
+    numbered = reader(path, lines)
+    empty = [number for number, prompt in numbered if not prompt.strip()]
+    if empty:
+        raise TrainerInputError(f"{path}: empty prompt on line(s) {_list(empty)}; remove those lines or write a prompt")
+    if not numbered:
+        raise TrainerInputError(f"{path}: holds no prompts; write one prompt per line ('{PROMPT_FIELD}' field for "
+                                ".jsonl, '{PROMPT_FIELD}' column for .csv)")
+    return _drop_duplicates(path, numbered)
+
+
+def _decode_lines(path: Path, data: bytes) -> list[str]:
+    """Split into lines and decode each, so a bad byte is reported by its line number, not its offset."""
+    if data.startswith(b"\xef\xbb\xbf"):  # a BOM that spreadsheet exports add
+        data = data[3:]
+    lines, bad = [], []
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            bad.append(number)
+            lines.append("")
+            if len(bad) == 1:
+                first_problem = f"byte 0x{raw[error.start]:02x} at column {error.start + 1}"
+    if bad:
+        raise TrainerInputError(f"{path}: line(s) {_list(bad)} are not UTF-8 text (line {bad[0]}: {first_problem}); "
+                                "save the file as UTF-8")
+    return lines
+
+
+def _from_txt(path: Path, lines: list[str]) -> list[tuple[int, str]]:
+    while lines and not lines[-1].strip():  # blank lines at the very end are an editor's, not an empty prompt
+        lines = lines[:-1]
+    return [(number, line.strip()) for number, line in enumerate(lines, start=1)]
+
+
+def _from_jsonl(path: Path, lines: list[str]) -> list[tuple[int, str]]:
+    numbered, problems = [], []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue  # blank lines between JSON records are allowed by the format
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            problems.append(f"line {number} is not JSON ({error.msg})")
+            continue
+        if not isinstance(record, dict) or not isinstance(record.get(PROMPT_FIELD), str):
+            problems.append(f"line {number} has no text '{PROMPT_FIELD}' field")
+            continue
+        numbered.append((number, record[PROMPT_FIELD].strip()))
+    if problems:
+        raise TrainerInputError(f"{path}: {'; '.join(problems[:_MAX_LISTED_PROBLEMS])}"
+                                + (f" (and {len(problems) - _MAX_LISTED_PROBLEMS} more)" if len(problems) > _MAX_LISTED_PROBLEMS else "")
+                                + f"; each line must be a JSON object like {{\"{PROMPT_FIELD}\": \"a red cube\"}}")
+    return numbered
+
+
+def _from_csv(path: Path, lines: list[str]) -> list[tuple[int, str]]:
+    reader = csv.reader(io.StringIO("\n".join(lines)))
+    header = next(reader, None)
+    if header is None:
+        return []
+    columns = [name.strip().lower() for name in header]
+    if PROMPT_FIELD not in columns:
+        raise TrainerInputError(f"{path}: the first line must name a '{PROMPT_FIELD}' column; found columns "
+                                f"{header}")
+    column = columns.index(PROMPT_FIELD)
+    numbered = []
+    for row in reader:
+        if not row:
+            continue
+        number = reader.line_num  # physical line of the row's end; quoted multi-line cells are rare in prompt lists
+        numbered.append((number, row[column].strip() if column < len(row) else ""))
+    return numbered
+
+
+def _drop_duplicates(path: Path, numbered: list[tuple[int, str]]) -> PromptSet:
+    first_line: dict[str, int] = {}
+    repeats = []
+    for number, prompt in numbered:
+        if prompt in first_line:
+            repeats.append((number, first_line[prompt]))
+        else:
+            first_line[prompt] = number
+    if repeats:
+        shown = ", ".join(f"line {n} repeats line {f}" for n, f in repeats[:_MAX_LISTED_PROBLEMS])
+        logger.warning("%s: dropped %d duplicate prompt(s), keeping the first of each (%s%s)", path, len(repeats),
+                       shown, ", ..." if len(repeats) > _MAX_LISTED_PROBLEMS else "")
+    return PromptSet(tuple(first_line), str(path), len(repeats))
+
+
+def _list(numbers: list[int]) -> str:
+    shown = ", ".join(str(n) for n in numbers[:_MAX_LISTED_PROBLEMS])
+    return shown + (f" and {len(numbers) - _MAX_LISTED_PROBLEMS} more" if len(numbers) > _MAX_LISTED_PROBLEMS else "")

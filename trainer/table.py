@@ -1,0 +1,194 @@
+"""The reward table on disk: written in small finished pieces, so a killed run loses only the piece in flight.
+
+Layout of a table folder::
+
+    table.json                      what the table is for: prompts, options, seeds, sampling, model, reward
+    units/c00012-features.safetensors   policy input of chunk 12 (tokens fp16, mask, pooled)
+    units/c00012-s1-o25.safetensors     IQS, its components and sampling time of chunk 12, seed 1, 25 steps
+    units/c00012-s1-ref.safetensors     reference images of chunk 12, seed 1 (only for rewards that need one;
+                                        deleted once every option of that chunk and seed is done)
+
+A chunk is a fixed run of ``batch_size`` prompts, so the pieces do not depend on how many processes made them:
+any number of processes (or reruns) can fill one folder, and reading it merges them. Every file is written under a
+temporary name and renamed into place, so a file that exists is complete. Token states are kept in fp16, which
+halves a 10k-prompt SD table (2.4 GB -> 1.2 GB); the policy normalises its input, and hosts often run their text
+encoders in fp16 anyway.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..policy import PolicyFeatures
+from .config import TrainerInputError
+
+TABLE_FORMAT = "adadiff-reward-table"
+TABLE_VERSION = 1
+FEATURE_DTYPE = torch.float16
+_TEMPORARY_MARK = ".partial-"
+
+
+def unit_name(chunk: int, seed: int, steps: int) -> str:
+    return f"c{chunk:05d}-s{seed}-o{steps}.safetensors"
+
+
+def features_name(chunk: int) -> str:
+    return f"c{chunk:05d}-features.safetensors"
+
+
+def reference_name(chunk: int, seed: int) -> str:
+    return f"c{chunk:05d}-s{seed}-ref.safetensors"
+
+
+def chunk_count(n_prompts: int, batch_size: int) -> int:
+    return -(-n_prompts // batch_size)
+
+
+def write_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Write a safetensors file so that it either exists complete or not at all (rename is atomic on POSIX)."""
+    temporary = path.with_name(f"{path.name}{_TEMPORARY_MARK}{os.getpid()}")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary))
+    os.replace(temporary, path)
+
+
+class TableFolder:
+    """A table folder being filled: its description and which pieces already exist."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.units = self.folder / "units"
+
+    @property
+    def description_file(self) -> Path:
+        return self.folder / "table.json"
+
+    def open(self, description: dict, remove_leftovers: bool = True) -> None:
+        """Start a table or resume one made for exactly the same description; refuse a folder holding another.
+
+        ``remove_leftovers`` deletes temporary files of a killed run; only one process may do it, before any
+        process starts writing.
+        """
+        self.refuse_foreign()
+        existing = self.read_description() if self.description_file.exists() else None
+        if existing is not None and existing != description:
+            differing = sorted(k for k in set(existing) | set(description) if existing.get(k) != description.get(k))
+            raise TrainerInputError(
+                f"{self.folder} holds a reward table made with other settings ({', '.join(differing)} differ); it "
+                "would be overwritten. Rerun with the same settings to continue it, pass another --out, or delete "
+                "the folder to start over")
+        self.units.mkdir(parents=True, exist_ok=True)
+        for leftover in self.units.glob(f"*{_TEMPORARY_MARK}*") if remove_leftovers else ():
+            leftover.unlink(missing_ok=True)  # a piece of a killed run, never renamed into place
+        if existing is None:
+            temporary = self.description_file.with_name(f"table.json{_TEMPORARY_MARK}{os.getpid()}")
+            temporary.write_text(json.dumps(description, indent=1, sort_keys=True), encoding="utf-8")
+            os.replace(temporary, self.description_file)
+
+    def refuse_foreign(self) -> None:
+        """Refuse a folder that holds something other than a reward table (cheap: run it before loading models)."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise TrainerInputError(f"{self.folder} is a file, not a folder; pass another --out")
+        if self.folder.exists() and not self.description_file.exists() and any(self.folder.iterdir()):
+            raise TrainerInputError(f"{self.folder} exists and is not a reward table; it would be overwritten. Pass "
+                                    "another --out, or remove the folder")
+
+    def read_description(self) -> dict:
+        try:
+            description = json.loads(self.description_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise TrainerInputError(f"{self.folder}: no reward table here (table.json is missing); make one with "
+                                    "`adadiff-train generate`") from None
+        except json.JSONDecodeError as error:
+            raise TrainerInputError(f"{self.description_file}: damaged ({error}); delete the folder and generate "
+                                    "the table again") from None
+        if description.get("format") != TABLE_FORMAT or description.get("version") != TABLE_VERSION:
+            raise TrainerInputError(f"{self.folder}: not a version-{TABLE_VERSION} AdaDiff reward table; generate "
+                                    "it again with this version")
+        return description
+
+    def has(self, name: str) -> bool:
+        return (self.units / name).exists()
+
+    def write(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
+        write_atomically(tensors, self.units / name)
+
+    def read(self, name: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.units / name))
+
+    def remove(self, name: str) -> None:
+        (self.units / name).unlink(missing_ok=True)
+
+    def missing_units(self, description: dict) -> list[str]:
+        """Names of the result pieces not yet on disk (features included)."""
+        missing = []
+        for chunk in range(chunk_count(len(description["prompts"]), description["batch_size"])):
+            names = [features_name(chunk)] + [unit_name(chunk, s, o) for s in description["seeds"]
+                                              for o in description["options"]]
+            missing += [name for name in names if not self.has(name)]
+        return missing
+
+
+@dataclass(frozen=True)
+class RewardTable:
+    """A finished table in memory: per prompt, seed and option the IQS, its components and the sampling time."""
+
+    prompts: tuple[str, ...]
+    options: tuple[int, ...]
+    seeds: tuple[int, ...]
+    features: PolicyFeatures  # tokens in FEATURE_DTYPE
+    iqs: torch.Tensor  # [N, S, O] float32
+    components: dict[str, torch.Tensor]  # name -> [N, S, O]
+    time_s: torch.Tensor  # [N, S, O] seconds of sampling per image
+    description: dict
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, indices: torch.Tensor | list[int]) -> "RewardTable":
+        """The rows of some prompts (for train/validation splits)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        features = PolicyFeatures(self.features.tokens[index], self.features.mask[index],
+                                  None if self.features.pooled is None else self.features.pooled[index])
+        return RewardTable(tuple(self.prompts[i] for i in index.tolist()), self.options, self.seeds, features,
+                           self.iqs[index], {k: v[index] for k, v in self.components.items()}, self.time_s[index],
+                           self.description)
+
+
+def load_table(folder: str | Path) -> RewardTable:
+    """Merge a finished table's pieces, whichever processes wrote them; refuse an unfinished table."""
+    table = TableFolder(folder)
+    description = table.read_description()
+    missing = table.missing_units(description)
+    if missing:
+        raise TrainerInputError(f"{table.folder}: the reward table is unfinished ({len(missing)} pieces missing, "
+                                f"e.g. {missing[0]}); rerun the same generate command to complete it")
+    prompts, options, seeds = description["prompts"], description["options"], description["seeds"]
+    tokens, masks, pooled, rows = [], [], [], []
+    for chunk in range(chunk_count(len(prompts), description["batch_size"])):
+        features = table.read(features_name(chunk))
+        tokens.append(features["tokens"])
+        masks.append(features["mask"])
+        if "pooled" in features:
+            pooled.append(features["pooled"])
+        rows.append([[table.read(unit_name(chunk, s, o)) for o in options] for s in seeds])
+    names = sorted(rows[0][0][0])
+    merged = {name: torch.cat([torch.stack([torch.stack([unit[name] for unit in per_seed], -1) for per_seed in chunk],
+                                           1) for chunk in rows]).float() for name in names}
+    tokens, masks = _pad_tokens(tokens, masks)
+    return RewardTable(
+        prompts=tuple(prompts), options=tuple(options), seeds=tuple(seeds),
+        features=PolicyFeatures(tokens, masks, torch.cat(pooled) if pooled else None),
+        iqs=merged.pop("iqs"), time_s=merged.pop("time_s"), components=merged, description=description)
+
+
+def _pad_tokens(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate chunks whose token counts may differ (a model with prompt-length-dependent states)."""
+    longest = max(t.shape[1] for t in tokens)
+    padded = [torch.nn.functional.pad(t, (0, 0, 0, longest - t.shape[1])) for t in tokens]
+    padded_masks = [torch.nn.functional.pad(m, (0, longest - m.shape[1]), value=False) for m in masks]
+    return torch.cat(padded), torch.cat(padded_masks)
