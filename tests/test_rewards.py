@@ -73,6 +73,18 @@ def test_tensor_preprocessing_matches_open_clips_own_transform(tiny_clip):
     assert torch.allclose(ours, theirs, atol=1e-5)
 
 
+def test_tensor_preprocessing_resamples_like_open_clips_pil_transform(tiny_clip):
+    smooth = torch.nn.functional.interpolate(torch.rand(2, 3, 12, 8, generator=torch.Generator().manual_seed(2)),
+                                             size=(96, 64), mode="bilinear")
+    smooth = (smooth * 255).round() / 255
+    transform = open_clip.image_transform(32, is_train=False, mean=open_clip.OPENAI_DATASET_MEAN,
+                                          std=open_clip.OPENAI_DATASET_STD)
+    pil = [Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for image in smooth]
+    theirs = torch.stack([transform(p) for p in pil])
+    ours = clip_pixels(tiny_clip[0], smooth)
+    assert ours.shape == theirs.shape and (ours - theirs).abs().mean() < 0.01  # ~1/255 of a pixel or less
+
+
 def test_tensor_preprocessing_resizes_shorter_side_and_crops_centre(tiny_clip):
     wide = torch.zeros(1, 3, 40, 80)
     wide[..., :, 20:60] = 1.0  # the centre square is white, the sides black
@@ -231,8 +243,17 @@ def test_default_architectures_and_tags_exist_in_open_clip():
     """The defaults users get resolve to real open_clip configs and tags (checked without downloading)."""
     from adadiff.trainer.rewards import aesthetic, clip_score, hps
 
-    assert {"ViT-L-14", "ViT-H-14"} <= set(open_clip.list_models())
+    assert {"ViT-L-14-quickgelu", "ViT-H-14"} <= set(open_clip.list_models())
     assert clip_score.DEFAULT_PRETRAINED in open_clip.list_pretrained_tags_by_model(clip_score.DEFAULT_ARCHITECTURE)
+    assert open_clip.get_model_config("ViT-L-14-quickgelu")["quick_gelu"]  # what OpenAI's weights were trained with
     assert open_clip.get_model_config("ViT-L-14")["embed_dim"] == AestheticHead().layers[0].in_features
     assert aesthetic.HEAD_URL.endswith("sac+logos+ava1-l14-linearMSE.pth")
     assert set(hps.RELEASES.values()) == {"HPS_v2_compressed.pt", "HPS_v2.1_compressed.pt"}
+
+
+def test_openai_tags_get_quick_gelu_even_on_the_plain_architecture():
+    from adadiff.trainer.rewards.open_clip_models import tag_uses_quick_gelu
+
+    assert tag_uses_quick_gelu("ViT-L-14", "openai")
+    assert not tag_uses_quick_gelu("ViT-H-14", "laion2b_s32b_b79k")  # HPS v2's base: plain GELU
+    assert not tag_uses_quick_gelu("ViT-L-14", "/weights/clip.pt")

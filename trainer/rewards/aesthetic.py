@@ -62,11 +62,12 @@ class AestheticScore:
     name = "aesthetic"
     reference_steps = None
 
-    def __init__(self, head: str = HEAD_URL, model: str = "ViT-L-14", pretrained: str = "openai", device=None):
+    def __init__(self, head: str = HEAD_URL, model: str = "ViT-L-14-quickgelu", pretrained: str = "openai",
+                 device=None):
         device = pick_device(device)
         self.model, _ = load_open_clip(
             model, pretrained, device,
-            how_to_get="the predictor was trained on OpenAI CLIP ViT-L/14: use model='ViT-L-14', "
+            how_to_get="the predictor was trained on OpenAI CLIP ViT-L/14: use model='ViT-L-14-quickgelu' with "
                        "pretrained='openai' (downloaded once) or a local copy of those weights")
         self.head = load_head(head, device)
         embed_dim = getattr(self.model.visual, "output_dim", None)

@@ -11,7 +11,7 @@ import torch
 from .base import check_batch, pick_device
 from .open_clip_models import image_text_cosine, load_open_clip
 
-DEFAULT_ARCHITECTURE = "ViT-L-14"
+DEFAULT_ARCHITECTURE = "ViT-L-14-quickgelu"  # OpenAI CLIP ViT-L/14 (QuickGELU activations)
 DEFAULT_PRETRAINED = "openai"
 
 

@@ -36,11 +36,19 @@ def load_open_clip(architecture: str, pretrained: str, device: torch.device, *, 
     if architecture not in open_clip.list_models() and ":" not in architecture:
         raise ValueError(f"unknown open_clip architecture {architecture!r}; see open_clip.list_models()")
     try:
-        model = open_clip.create_model(architecture, pretrained=pretrained, device=device,
-                                       require_pretrained=True)
+        model = open_clip.create_model(architecture, pretrained=pretrained, device=device, require_pretrained=True,
+                                       force_quick_gelu=tag_uses_quick_gelu(architecture, pretrained))
     except Exception as error:  # shape mismatches surface as RuntimeError, AssertionError or KeyError
         raise ValueError(f"could not load {architecture} weights {pretrained!r}: {error}; {how_to_get}") from error
     return model.eval().requires_grad_(False), open_clip.get_tokenizer(architecture)
+
+
+def tag_uses_quick_gelu(architecture: str, pretrained: str) -> bool:
+    """OpenAI's weights need QuickGELU; open_clip only warns when the architecture lacks it, and the embeddings
+    come out wrong. A pretrained tag says what it was trained with; for a file, name a '-quickgelu' architecture."""
+    import open_clip
+
+    return bool(open_clip.get_pretrained_cfg(architecture, pretrained).get("quick_gelu", False))
 
 
 def clip_pixels(model, images: torch.Tensor) -> torch.Tensor:
