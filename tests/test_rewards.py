@@ -230,6 +230,21 @@ def test_unknown_names_list_the_known_ones():
         build_reward("composite:clip=1", aesthetic={})
 
 
+def test_unknown_settings_are_refused_before_anything_loads():
+    with pytest.raises(ValueError, match="clip reward takes no setting modle; its settings: model, pretrained"):
+        build_reward("clip", modle="ViT-B-32")
+    with pytest.raises(ValueError, match="aesthetic reward takes no setting colour"):  # clip would download
+        build_reward("composite:clip=1,aesthetic=1", aesthetic={"colour": "red"})
+
+
+def test_device_reaches_every_model_backend(tiny_clip, head_file):
+    backend = build_reward("composite:clip=1,aesthetic=1", device="cpu",
+                           clip={"model": TINY, "pretrained": str(tiny_clip[1])},
+                           aesthetic={"head": str(head_file[1]), "model": TINY, "pretrained": str(tiny_clip[1])})
+    for _, part in backend.parts.values():
+        assert next(part.model.parameters()).device.type == "cpu"
+
+
 def test_toy_reward_comes_from_the_embedded_world():
     if importlib.util.find_spec("adadiff.trainer.embedded.scorer") is None:
         with pytest.raises(ValueError, match="embedded world's scorer"):

@@ -1,39 +1,64 @@
 """IQS reward backends: score generated images so the trainer can tell which step count was good enough.
 
-``build_reward(name, **settings)`` makes one; see :mod:`.base` for what a backend provides. Names: clip,
-aesthetic, hpsv2, toy, composite (``"composite:clip=0.5,aesthetic=0.5"``, or ``weights={...}``, with each
+``build_reward(name, device=..., **settings)`` makes one; see :mod:`.base` for what a backend provides. Names:
+clip, aesthetic, hpsv2, toy, composite (``"composite:clip=0.5,aesthetic=0.5"``, or ``weights={...}``, with each
 component's settings under its own name: ``clip={"model": ..., "pretrained": ...}``).
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+
 from .base import RewardBackend, check_batch
 
 KNOWN_REWARDS = ("clip", "aesthetic", "hpsv2", "toy", "composite")
+_BACKENDS = {"clip": (".clip_score", "ClipScore"), "aesthetic": (".aesthetic", "AestheticScore"),
+             "hpsv2": (".hps", "HPSv2Score"), "toy": ("..embedded.scorer", "ToyIQS")}
 
 
-def build_reward(name: str, **settings) -> RewardBackend:
-    """A reward backend by name; `settings` go to its constructor. Unknown names raise ValueError."""
-    name, _, spec = name.strip().partition(":")
+def build_reward(name: str, *, device=None, **settings) -> RewardBackend:
+    """A reward backend by name; `settings` go to its constructor, `device` to every backend that runs a model.
+
+    Unknown names and unknown settings raise ValueError before anything is loaded.
+    """
+    name, _, spec = name.strip().lower().partition(":")
     if name == "composite":
         weights = dict(settings.pop("weights", None) or parse_weights(spec))
-        return _composite(weights, settings)
+        return _composite(weights, settings, device)
     if spec:
         raise ValueError(f"only composite takes ':' settings, got {name}:{spec}")
-    if name == "clip":
-        from .clip_score import ClipScore
+    backend_class = _checked_class(name, settings)
+    if "device" in inspect.signature(backend_class).parameters and device is not None:
+        settings["device"] = device
+    backend = backend_class(**settings)
+    if not isinstance(backend, RewardBackend):
+        raise TypeError(f"{backend_class.__name__} does not provide name, reference_steps and "
+                        "score(images, prompts, references)")
+    return backend
 
-        return ClipScore(**settings)
-    if name == "aesthetic":
-        from .aesthetic import AestheticScore
 
-        return AestheticScore(**settings)
-    if name == "hpsv2":
-        from .hps import HPSv2Score
+def _checked_class(name: str, settings: dict) -> type:
+    """The backend class for `name` after checking that it takes `settings` (nothing is loaded yet)."""
+    if name not in _BACKENDS:
+        raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(KNOWN_REWARDS)}")
+    backend_class = _backend_class(name)
+    accepted = inspect.signature(backend_class).parameters
+    unknown = set(settings) - set(accepted)
+    if unknown:
+        raise ValueError(f"the {name} reward takes no setting {', '.join(sorted(unknown))}; its settings: "
+                         f"{', '.join(accepted) or 'none'}")
+    return backend_class
 
-        return HPSv2Score(**settings)
-    if name == "toy":
-        return _toy(settings)
-    raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(KNOWN_REWARDS)}")
+
+def _backend_class(name: str) -> type:
+    module, class_name = _BACKENDS[name]
+    try:
+        return getattr(importlib.import_module(module, __package__), class_name)
+    except ImportError as error:
+        if name == "toy":
+            raise ValueError(f"the toy reward needs the embedded world's scorer (adadiff.trainer.embedded.scorer), "
+                             f"which this install does not have ({error})") from error
+        raise
 
 
 def parse_weights(spec: str) -> dict[str, float]:
@@ -48,7 +73,7 @@ def parse_weights(spec: str) -> dict[str, float]:
     return weights
 
 
-def _composite(weights: dict[str, float], settings: dict) -> RewardBackend:
+def _composite(weights: dict[str, float], settings: dict, device) -> RewardBackend:
     from .composite import CompositeScore
 
     stray = set(settings) - set(weights)
@@ -56,23 +81,10 @@ def _composite(weights: dict[str, float], settings: dict) -> RewardBackend:
         raise ValueError(f"settings for {sorted(stray)} but the composite's components are {sorted(weights)}")
     if "composite" in weights:
         raise ValueError("a composite cannot contain another composite")
-    unknown = set(weights) - set(KNOWN_REWARDS)
-    if unknown:  # checked before any component loads its (possibly large) model
-        raise ValueError(f"unknown reward {sorted(unknown)} in the composite; known rewards: {', '.join(KNOWN_REWARDS)}")
-    return CompositeScore({part: (weight, build_reward(part, **settings.get(part, {})))
+    for part, weight in weights.items():  # every name and setting checked before any model loads
+        _checked_class(part, settings.get(part, {}))
+    return CompositeScore({part: (weight, build_reward(part, **{"device": device, **settings.get(part, {})}))
                            for part, weight in weights.items()})
-
-
-def _toy(settings: dict) -> RewardBackend:
-    try:
-        from ..embedded.scorer import ToyIQS
-    except ImportError as error:
-        raise ValueError(f"the toy reward needs the embedded world's scorer (adadiff.trainer.embedded.scorer), "
-                         f"which this install does not have yet ({error})") from error
-    backend = ToyIQS(**settings)
-    if not isinstance(backend, RewardBackend):
-        raise TypeError("ToyIQS does not provide name, reference_steps and score(images, prompts, references)")
-    return backend
 
 
 __all__ = ["KNOWN_REWARDS", "RewardBackend", "build_reward", "check_batch", "parse_weights"]
