@@ -106,6 +106,19 @@ def test_clip_score_uses_the_written_weights(tiny_clip, weights):
     assert ((result["iqs"] >= 0) & (result["iqs"] <= 1)).all()
 
 
+def test_clip_from_an_open_clip_local_dir(tiny_clip, tmp_path):
+    """'local-dir:' (and 'hf-hub:') architectures carry their own weights; no pretrained is needed."""
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": TINY_CONFIG}))
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tiny_clip[0].state_dict().items()},
+              tmp_path / "open_clip_model.safetensors")
+    backend = build_reward("clip", model=f"local-dir:{tmp_path}", pretrained=None, device="cpu")
+    batch = images()
+    assert torch.allclose(backend.score(batch, PROMPTS)["iqs"],
+                          reference_cosine(tiny_clip[0], batch, PROMPTS).clamp(min=0), atol=1e-5)
+
+
 def test_clip_score_differs_between_prompts(tiny_clip):
     backend = build_reward("clip", model=TINY, pretrained=str(tiny_clip[1]), device="cpu")
     batch = images(batch=1).repeat(2, 1, 1, 1)

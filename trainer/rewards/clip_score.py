@@ -19,7 +19,7 @@ class ClipScore:
     name = "clip"
     reference_steps = None
 
-    def __init__(self, model: str = DEFAULT_ARCHITECTURE, pretrained: str = DEFAULT_PRETRAINED, device=None):
+    def __init__(self, model: str = DEFAULT_ARCHITECTURE, pretrained: str | None = DEFAULT_PRETRAINED, device=None):
         self.model, self.tokenizer = load_open_clip(
             model, pretrained, pick_device(device),
             how_to_get=f"pass pretrained=<an open_clip tag of {model}, e.g. 'openai'> (downloaded once) or the "

@@ -7,13 +7,10 @@ open_clip's PIL transform does up to resampling rounding.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
@@ -22,22 +19,25 @@ def looks_like_path(value: str) -> bool:
     return Path(value).suffix.lower() in _WEIGHT_SUFFIXES or "/" in value or "\\" in value
 
 
-def load_open_clip(architecture: str, pretrained: str, device: torch.device, *, how_to_get: str):
+def load_open_clip(architecture: str, pretrained: str | None, device: torch.device, *, how_to_get: str):
     """(model in eval mode, tokenizer). `how_to_get` ends the error message when a weights file is missing."""
     import open_clip
 
-    if not pretrained:
+    if ":" in architecture:  # 'hf-hub:org/repo' or 'local-dir:/path' carries its own weights
+        pretrained = None
+    elif not pretrained:
         raise ValueError(f"{architecture} needs weights: a pretrained name or a weights file; {how_to_get}")
-    if looks_like_path(pretrained):
+    elif looks_like_path(pretrained):
         path = Path(pretrained).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {path}; {how_to_get}")
         pretrained = str(path)
-    if architecture not in open_clip.list_models() and ":" not in architecture:
+    if pretrained and architecture not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {architecture!r}; see open_clip.list_models()")
+    quick_gelu = bool(pretrained) and tag_uses_quick_gelu(architecture, pretrained)
     try:
         model = open_clip.create_model(architecture, pretrained=pretrained, device=device, require_pretrained=True,
-                                       force_quick_gelu=tag_uses_quick_gelu(architecture, pretrained))
+                                       force_quick_gelu=quick_gelu)
     except Exception as error:  # shape mismatches surface as RuntimeError, AssertionError or KeyError
         raise ValueError(f"could not load {architecture} weights {pretrained!r}: {error}; {how_to_get}") from error
     return model.eval().requires_grad_(False), open_clip.get_tokenizer(architecture)
