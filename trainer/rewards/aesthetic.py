@@ -5,7 +5,6 @@ rating; iqs = rating / 10. The prompt is not used.
 """
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -42,8 +41,9 @@ def load_head(head: str, device: torch.device) -> AestheticHead:
             raise FileNotFoundError(f"aesthetic predictor head not found: {path}; {_HOW_TO_GET_HEAD}")
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError) as error:
-            raise ValueError(f"cannot read the aesthetic predictor head {path} ({error}); {_HOW_TO_GET_HEAD}") from error
+        except Exception as error:  # UnpicklingError, or whatever a damaged file makes the unpickler raise
+            raise ValueError(f"cannot read the aesthetic predictor head {path} ({error}); "
+                             f"{_HOW_TO_GET_HEAD}") from error
     else:
         try:
             state = torch.hub.load_state_dict_from_url(head, map_location="cpu", weights_only=True)
