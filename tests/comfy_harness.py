@@ -195,6 +195,15 @@ class _EventStream(threading.Thread):
                 self.changed.wait(left)
 
 
+def _end_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the test process dies, so a killed test run leaves no server behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class ComfyServer:
     """A ComfyUI subprocess on a free loopback port with its own models/custom_nodes/output folders."""
 
@@ -215,7 +224,7 @@ class ComfyServer:
         env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         with open(self.log_path, "wb") as log_file:
             self.process = subprocess.Popen(command, cwd=self.comfy_dir, env=env, stdout=log_file,
-                                            stderr=subprocess.STDOUT)
+                                            stderr=subprocess.STDOUT, preexec_fn=_end_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
