@@ -11,6 +11,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy, save_policy
 
@@ -178,6 +179,25 @@ def test_all_in_one_node_samples_the_policy_choice(comfy):
     assert run.status == "success", run.error
     assert run.sampled_steps("6") == 3
     assert _text(run, "9") == "3"
+
+
+def test_all_in_one_node_gives_ksamplers_result_for_the_same_steps(comfy):
+    graph = _prompt_nodes("same result")
+    graph["6"] = _ksampler(2)
+    graph["7"] = {"class_type": "AdaDiffKSampler", "inputs": {
+        **{k: v for k, v in graph["6"]["inputs"].items() if k != "steps"},
+        "policy": "two.safetensors", "min_steps": 1, "max_steps": 1000, "quality_bias": 0.0}}
+    for node, source in (("40", "6"), ("41", "7")):
+        graph[node] = {"class_type": "SaveLatent", "inputs": {"samples": [source, 0],
+                                                              "filename_prefix": f"latents/same_{source}"}}
+    run = comfy.run(graph)
+    assert run.status == "success", run.error
+    assert run.sampled_steps("6") == run.sampled_steps("7") == 2
+    latents = []
+    for node in ("40", "41"):
+        (saved,) = run.outputs(node)["latents"]
+        latents.append(load_file(comfy.base_dir / "output" / saved["subfolder"] / saved["filename"])["latent_tensor"])
+    assert torch.equal(latents[0], latents[1])
 
 
 def test_limits_and_quality_knob_change_the_sampled_count(comfy):
