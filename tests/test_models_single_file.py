@@ -57,6 +57,14 @@ FULL = {
 }
 
 
+# What released files carry besides the three models: DDPM schedule buffers and EMA bookkeeping.
+RELEASE_EXTRAS = {
+    "betas": torch.linspace(1e-4, 2e-2, 1000), "alphas_cumprod": torch.linspace(0.999, 0.005, 1000),
+    "model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(470000, dtype=torch.int32),
+    "model_ema.diffusion_modelinput_blocks00weight": torch.zeros(32, 4, 3, 3),
+}
+
+
 class _Writer:
     """Collects tensors under their single-file names: random (seeded) or shape-only on the meta device."""
 
@@ -233,7 +241,9 @@ def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("single-file")
     written = {}
     for family, layout in TINY.items():
-        state = single_file_state(layout)
+        state = {**single_file_state(layout), **RELEASE_EXTRAS}
+        state.update({text[0] + "embeddings.position_ids": torch.arange(77)[None] for text in layout.texts
+                      if text[1] == "hf"})
         save_file(state, folder / f"tiny-{family}.safetensors")
         written[family] = (folder / f"tiny-{family}.safetensors", state)
     torch.save({"state_dict": written["sd15"][1], "global_step": 1}, folder / "tiny-sd15.ckpt")
