@@ -259,7 +259,7 @@ def test_device_reaches_every_model_backend(tiny_clip, head_file):
 
 
 def test_toy_reward_comes_from_the_embedded_world():
-    if importlib.util.find_spec("adadiff.trainer.embedded.scorer") is None:
+    if importlib.util.find_spec("adadiff.trainer.embedded") is None:
         with pytest.raises(ValueError, match="embedded world's scorer"):
             build_reward("toy")
     else:

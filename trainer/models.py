@@ -35,7 +35,7 @@ _FINGERPRINT_CHUNK = 1 << 20
 def embedded_model_dir() -> Path:
     """The embedded demo model's diffusers folder (built by `trainer/embedded`)."""
     try:
-        from .embedded.model import MODEL_DIR
+        from .embedded import MODEL_DIR
     except ImportError as error:
         raise FileNotFoundError(
             f"the embedded demo model is not available in this install ({error}); pass --model with a diffusers "

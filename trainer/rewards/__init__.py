@@ -13,7 +13,7 @@ from .base import RewardBackend, check_batch
 
 KNOWN_REWARDS = ("clip", "aesthetic", "hpsv2", "toy", "composite")
 _BACKENDS = {"clip": (".clip_score", "ClipScore"), "aesthetic": (".aesthetic", "AestheticScore"),
-             "hpsv2": (".hps", "HPSv2Score"), "toy": ("..embedded.scorer", "ToyIQS")}
+             "hpsv2": (".hps", "HPSv2Score"), "toy": ("..embedded", "ToyIQS")}
 
 
 def build_reward(name: str, *, device=None, **settings) -> RewardBackend:
@@ -56,7 +56,7 @@ def _backend_class(name: str) -> type:
         return getattr(importlib.import_module(module, __package__), class_name)
     except ImportError as error:
         if name == "toy":
-            raise ValueError(f"the toy reward needs the embedded world's scorer (adadiff.trainer.embedded.scorer), "
+            raise ValueError(f"the toy reward needs the embedded world's scorer (adadiff.trainer.embedded), "
                              f"which this install does not have ({error})") from error
         raise
 
