@@ -5,7 +5,6 @@ same for every architecture, only the file size differs.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import open_clip
@@ -258,13 +257,12 @@ def test_device_reaches_every_model_backend(tiny_clip, head_file):
         assert next(part.model.parameters()).device.type == "cpu"
 
 
-def test_toy_reward_comes_from_the_embedded_world():
-    if importlib.util.find_spec("adadiff.trainer.embedded") is None:
-        with pytest.raises(ValueError, match="embedded world's scorer"):
-            build_reward("toy")
-    else:
-        backend = build_reward("toy")
-        assert isinstance(backend, RewardBackend) and backend.name
+def test_toy_reward_is_the_embedded_worlds_scorer():
+    from adadiff.trainer.embedded import ToyIQS
+
+    backend = build_reward("toy", device="cpu", reference_steps=40)  # device is for model backends: ignored here
+    assert type(backend) is ToyIQS and isinstance(backend, RewardBackend) and backend.reference_steps == 40
+    assert build_reward("composite:toy=1").reference_steps == ToyIQS().reference_steps
 
 
 def test_default_architectures_and_tags_exist_in_open_clip():
