@@ -14,6 +14,7 @@ import base64
 import io
 import json
 import os
+import urllib.error
 import urllib.request
 
 import pytest
@@ -26,6 +27,8 @@ PROMPTS = ("a red cube", "a cat", "a busy market at dusk, many people",
            "an intricate cathedral interior, volumetric light, crowds, reflections")
 BASE = {"width": 64, "height": 64, "cfg_scale": 7, "seed": 11, "sampler_name": "Euler"}
 USER_STEPS = 5
+# Forge's API fails a hires-fix request that leaves this out; A1111 ignores the unknown field.
+HIRES_EXTRA = {"hr_additional_modules": ["Use same choices"]}
 
 
 def call(path: str, payload: dict | None = None) -> dict:
@@ -77,12 +80,15 @@ def adadiff(policy: str, knob=0, min_steps=1, max_steps=150) -> dict:
     return {"alwayson_scripts": {"AdaDiff": {"args": [True, policy, knob, min_steps, max_steps]}}}
 
 
-def assert_really_sampled(images, params, prompts, **payload):
-    """Each image equals a plain (AdaDiff off) generation at the steps its infotext reports."""
-    for image, info, prompt in zip(images, params, prompts):
-        plain, plain_params, _ = generate(prompt=prompt, steps=int(info["Steps"]), **{**payload, "seed": int(info["Seed"])})
-        assert "AdaDiff" not in plain_params[0]
-        assert plain[0] == image, f"{prompt!r}: the image was not sampled with {info['Steps']} steps"
+def assert_really_sampled(images, params, prompt, **payload):
+    """The job's images equal a plain (AdaDiff off) job of the same shape at the steps the infotext reports.
+
+    Same batch size, because some webuis (Forge) give slightly different pixels for a different batch size.
+    """
+    plain, plain_params, _ = generate(prompt=prompt, steps=int(params[0]["Steps"]), seed=int(params[0]["Seed"]),
+                                      batch_size=len(images), **payload)
+    assert "AdaDiff" not in plain_params[0]
+    assert plain == images, f"{prompt!r}: the images were not sampled with {params[0]['Steps']} steps"
 
 
 def test_both_scripts_are_listed_for_txt2img_and_img2img(policy):
@@ -101,13 +107,13 @@ def test_each_prompt_runs_at_the_policys_steps_with_every_sampler(policy, sample
         for info in params:
             assert info["AdaDiff"] == f"{policy}, knob 0, min 1, max 150"
             assert "AdaDiff error" not in info
-        assert_really_sampled(images[:1], params[:1], [prompt], sampler_name=sampler)
+        assert_really_sampled(images, params, prompt, sampler_name=sampler)
 
 
 def test_limits_pin_the_steps(policy):
     images, params, _ = generate(prompt=PROMPTS[0], steps=USER_STEPS, **adadiff(policy, min_steps=7, max_steps=7))
     assert [info["Steps"] for info in params] == ["7"]
-    assert_really_sampled(images, params, [PROMPTS[0]])
+    assert_really_sampled(images, params, PROMPTS[0])
 
 
 def test_disabled_leaves_the_job_alone(policy):
@@ -117,7 +123,8 @@ def test_disabled_leaves_the_job_alone(policy):
 
 def test_hires_fix_and_img2img_follow_the_choice(policy):
     images, params, _ = generate(prompt=PROMPTS[1], steps=USER_STEPS, enable_hr=True, hr_scale=2,
-                                 denoising_strength=0.5, hr_upscaler="Latent", **adadiff(policy, min_steps=4, max_steps=4))
+                                 denoising_strength=0.5, hr_upscaler="Latent", **HIRES_EXTRA,
+                                 **adadiff(policy, min_steps=4, max_steps=4))
     assert params[0]["Steps"] == "4" and "AdaDiff" in params[0]
     init = "data:image/png;base64," + call("/sdapi/v1/txt2img", {**BASE, "prompt": "x", "steps": 2})["images"][0]
     _, params, _ = generate("/sdapi/v1/img2img", prompt=PROMPTS[2], steps=USER_STEPS, init_images=[init],
@@ -131,10 +138,16 @@ def test_per_prompt_script_gives_each_prompt_its_own_steps(policy):
     assert [info["Prompt"] for info in params] == list(PROMPTS)
     assert all(info["AdaDiff"] == f"{policy}, knob 0, min 1, max 150" for info in params)
     print("per-prompt steps:", {info["Prompt"]: int(info["Steps"]) for info in params})
-    assert_really_sampled(images, params, PROMPTS)
+    for image, info, prompt in zip(images, params, PROMPTS):
+        assert_really_sampled([image], [info], prompt)
 
 
 def test_an_infotext_pasted_into_the_api_restores_the_settings(policy):
+    _, _, plain = generate(prompt=PROMPTS[2], steps=USER_STEPS)
+    try:
+        generate(prompt=PROMPTS[2], infotext=plain[0])
+    except urllib.error.HTTPError as error:
+        pytest.skip(f"this webui's API fails any request with an infotext, with or without AdaDiff ({error})")
     _, params, infotexts = generate(prompt=PROMPTS[2], steps=USER_STEPS, **adadiff(policy, knob=0.5, max_steps=30))
     _, again, _ = generate(prompt=PROMPTS[2], infotext=infotexts[0])
     assert again[0]["AdaDiff"] == params[0]["AdaDiff"] == f"{policy}, knob 0.5, min 1, max 30"
