@@ -5,7 +5,6 @@ Step counts are read from the server's own progress events, never from the nodes
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -243,9 +242,12 @@ def test_selector_sigmas_drive_sampler_custom_advanced(comfy):
 
 
 def test_example_workflows_run_as_shipped(comfy):
-    """The UI-format examples convert to valid API graphs and sample the policy's choice (model names swapped)."""
-    for name, sampler in (("adadiff_selector_ksampler.json", "3"), ("adadiff_ksampler.json", "10")):
-        workflow = json.loads((REPO_ROOT / "example_workflows" / name).read_text())
+    """ComfyUI offers the UI-format examples as the pack's templates; they convert to valid API graphs and sample
+    the policy's choice (model names swapped for the test's)."""
+    templates = comfy.get("/workflow_templates")
+    assert sorted(templates["adadiff"]) == sorted(p.stem for p in (REPO_ROOT / "example_workflows").glob("*.json"))
+    for name, sampler in (("adadiff_selector_ksampler", "3"), ("adadiff_ksampler", "10")):
+        workflow = comfy.get(f"/api/workflow_templates/adadiff/{name}.json")
         graph = api_graph_from_workflow(workflow, comfy)
         for node in graph.values():
             inputs = node["inputs"]
