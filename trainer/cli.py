@@ -2,8 +2,8 @@
 
 Every check a user can fail (prompt file, settings, output folder, scheduler, reward, model files) runs before the
 first image is sampled. Ctrl-C leaves the reward table valid: rerunning the same command continues it.
-Multi-process generation: ``accelerate launch -m adadiff.trainer generate ...`` (or ``run``); fitting and
-evaluating then happen on the main process only.
+Multi-process generation: ``accelerate launch --multi_gpu --num_processes N -m adadiff.trainer generate ...`` (or
+``run``; on CPU too, see :func:`.generate.process_state`); fitting and evaluating then happen on the main process.
 """
 from __future__ import annotations
 
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
     try:
         from_file = read_config_file(args.config)
-        check_known_keys(args.config, from_file, _JOB_FLAGS[args.command] | setting_names(*_SETTINGS[args.command]))
+        # one file may serve every command (e.g. generate, then fit), so only names no command reads are refused
+        check_known_keys(args.config, from_file, setting_names(JobSettings, GenerateSettings, FitSettings))
         return _COMMANDS[args.command](from_file, flags)
     except (TrainerInputError, PolicyFileError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -80,10 +81,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _set_up_logging() -> None:
-    from accelerate import PartialState
+    """Our messages once (main process); the libraries' per-call chatter (e.g. a truncation notice for every batch,
+    already said once before sampling) silenced."""
+    import diffusers
+    import transformers
 
-    state = PartialState()
-    handler = logging.StreamHandler()
+    from .generate import process_state
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    state = process_state()
+    for old in list(logger.handlers):  # main() may run more than once in a process (tests, notebooks)
+        logger.removeHandler(old)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if state.is_main_process else logging.ERROR)  # say things once, not per process
@@ -195,14 +206,12 @@ def _run_prompts(prompts: list[str], eval_prompts: list[str], from_file: dict, f
 
 def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, split_at: int | None = None):
     """Check everything, load the model and reward, fill the table; returns the folder (None on non-main processes)."""
-    from accelerate import PartialState
-
-    from .generate import generate_table, warn_about_long_prompts
+    from .generate import generate_table, process_state, warn_about_long_prompts
     from .table import TableFolder
 
     model = _required(settings.model, "--model", "a diffusers folder, a .safetensors/.ckpt checkpoint or 'embedded'")
     TableFolder(folder).refuse_foreign()
-    state = PartialState()
+    state = process_state()
     reward = _checked(lambda: _build_reward(settings), "--reward")
     pipe, info = _checked(lambda: _load_model(model, settings, state), "--model")
     warn_about_long_prompts(pipe, prompts)

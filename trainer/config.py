@@ -89,8 +89,9 @@ class FitSettings:
     quality_weight: float = _setting(1.0, "lambda: weight of the normalised IQS in the positive reward", float)
     miss_penalty: float = _setting(1.0, "gamma: reward -gamma for an option outside the top k", float)
     baseline: str = _setting("expected", "reward baseline: expected (the policy's exact expected reward), batch, none")
-    actions_per_prompt: int = _setting(4, "actions sampled per prompt and update (more: less noise, no extra cost)",
-                                       int)
+    estimator: str = _setting("exact", "policy gradient: exact (every option weighed by its probability, which the "
+                                       "table allows) or sampled (the paper's Monte Carlo REINFORCE)")
+    actions_per_prompt: int = _setting(4, "sampled estimator: actions per prompt and update (no extra cost)", int)
     entropy: float = _setting(0.01, "entropy bonus weight (keeps exploring early on)", float)
     lr: float = _setting(3e-4, "Adam learning rate", float)
     fit_batch_size: int = _setting(256, "prompts per policy update", int)
@@ -104,6 +105,8 @@ class FitSettings:
     def __post_init__(self):
         if self.top_k < 1:
             raise TrainerInputError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.estimator not in ("exact", "sampled"):
+            raise TrainerInputError(f"--estimator must be exact or sampled, got {self.estimator!r}")
         if self.baseline not in ("expected", "batch", "none"):
             raise TrainerInputError(f"--baseline must be expected, batch or none, got {self.baseline!r}")
         if not 0.0 < self.val_fraction < 1.0:

@@ -160,7 +160,7 @@ def _batch_inputs(features, index: torch.Tensor):
 
 
 def _train_epoch(policy, optimizer, features, rewards, train, settings: FitSettings, sampler) -> float:
-    """One pass of REINFORCE over the training prompts; returns the mean sampled reward."""
+    """One pass of REINFORCE over the training prompts; returns the mean reward of the policy's actions."""
     policy.train()
     order = train[torch.randperm(len(train), generator=sampler)]
     total, count = 0.0, 0
@@ -168,24 +168,31 @@ def _train_epoch(policy, optimizer, features, rewards, train, settings: FitSetti
         index = order[start:start + settings.fit_batch_size]
         log_probs = torch.log_softmax(policy(*_batch_inputs(features, index)), -1)
         probs = log_probs.exp()
-        actions = torch.multinomial(probs.detach(), settings.actions_per_prompt, replacement=True, generator=sampler)
         batch_rewards = rewards[index]
-        chosen = batch_rewards.gather(1, actions)  # [B, K]
-        if settings.baseline == "expected":
-            baseline = (probs.detach() * batch_rewards).sum(-1, keepdim=True)
-        elif settings.baseline == "batch":
-            baseline = chosen.mean()
+        expected = (probs.detach() * batch_rewards).sum(-1, keepdim=True)  # V(x): the exact expected reward
+        if settings.estimator == "exact":  # every action weighed by its probability: no sampling noise
+            baseline = expected if settings.baseline == "expected" else _batch_or_zero(expected, settings)
+            gain = (probs * (batch_rewards - baseline)).sum(-1)
+            sampled = expected.squeeze(1)
         else:
-            baseline = torch.zeros(())
-        advantage = chosen - baseline
+            actions = torch.multinomial(probs.detach(), settings.actions_per_prompt, replacement=True,
+                                        generator=sampler)
+            chosen = batch_rewards.gather(1, actions)  # [B, K]
+            baseline = expected if settings.baseline == "expected" else _batch_or_zero(chosen, settings)
+            gain = ((chosen - baseline) * log_probs.gather(1, actions)).mean(-1)
+            sampled = chosen.mean(-1)
         entropy = -(probs * log_probs).sum(-1)
-        loss = -(advantage * log_probs.gather(1, actions)).mean() - settings.entropy * entropy.mean()
+        loss = -gain.mean() - settings.entropy * entropy.mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += chosen.sum().item()
-        count += chosen.numel()
+        total += sampled.sum().item()
+        count += len(index)
     return total / count
+
+
+def _batch_or_zero(rewards: torch.Tensor, settings: FitSettings) -> torch.Tensor:
+    return rewards.mean() if settings.baseline == "batch" else torch.zeros(())
 
 
 @torch.no_grad()

@@ -24,6 +24,17 @@ from .table import (FEATURE_DTYPE, TABLE_FORMAT, TABLE_VERSION, TableFolder, chu
 logger = logging.getLogger(__name__)
 
 
+def process_state():
+    """This process's place in an ``accelerate launch`` (a single process when started plainly).
+
+    Without CUDA the processes talk over gloo; accelerate only starts several CPU processes through its torchrun
+    path: ``accelerate launch --multi_gpu --num_processes N`` (its ``--cpu`` flag starts one process).
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def noise_seed(seed: int, prompt: str) -> int:
     """The generator seed of one prompt's initial noise: depends only on the seed and the prompt text."""
     digest = hashlib.sha256(f"{seed}\0{prompt}".encode("utf-8")).digest()
@@ -71,9 +82,7 @@ def generate_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
     ``num_processes``-th chunk. Interrupting (Ctrl-C, kill) at any point leaves a valid, resumable folder.
     """
     if state is None:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
     table = TableFolder(folder)
     description = describe_table(pipe, prompts, reward, settings, model)
     if state.is_main_process:
@@ -92,7 +101,8 @@ def generate_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
               dynamic_ncols=True) as bar:
         for chunk in chunks:
             if not table.has(features_name(chunk)):
-                table.write(features_name(chunk), _features(pipe, _chunk(prompts, chunk, settings)))
+                features = _features(pipe, _chunk(prompts, chunk, settings))
+                table.write(features_name(chunk), features, state.process_index)
         for chunk, seed, todo in work:
             chunk_prompts = _chunk(prompts, chunk, settings)
             references = _references(pipe, table, reward, chunk, seed, chunk_prompts, settings)
@@ -101,7 +111,7 @@ def generate_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
                 scores = reward.score(images, chunk_prompts, references)
                 row = {name: value.detach().float().cpu() for name, value in scores.items()}
                 row["time_s"] = torch.full((len(chunk_prompts),), seconds / len(chunk_prompts))
-                table.write(unit_name(chunk, seed, steps), row)
+                table.write(unit_name(chunk, seed, steps), row, state.process_index)
                 bar.update(len(chunk_prompts))
             table.remove(reference_name(chunk, seed))
     state.wait_for_everyone()

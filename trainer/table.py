@@ -49,10 +49,10 @@ def chunk_count(n_prompts: int, batch_size: int) -> int:
     return -(-n_prompts // batch_size)
 
 
-def write_atomically(tensors: dict[str, torch.Tensor], path: Path) -> None:
+def write_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write a safetensors file so that it either exists complete or not at all (rename is atomic on POSIX)."""
     temporary = path.with_name(f"{path.name}{_TEMPORARY_MARK}{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary))
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
     os.replace(temporary, path)
 
 
@@ -114,8 +114,9 @@ class TableFolder:
     def has(self, name: str) -> bool:
         return (self.units / name).exists()
 
-    def write(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
-        write_atomically(tensors, self.units / name)
+    def write(self, name: str, tensors: dict[str, torch.Tensor], process: int = 0) -> None:
+        """Write one piece; ``process`` (which accelerate process made it) is kept in its metadata."""
+        write_atomically(tensors, self.units / name, {"process": str(process)})
 
     def read(self, name: str) -> dict[str, torch.Tensor]:
         return load_file(str(self.units / name))

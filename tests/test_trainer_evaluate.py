@@ -1,0 +1,80 @@
+"""Evaluation: every baseline's number checked by hand on a small table; the report files a user reads."""
+import json
+
+import pytest
+import torch
+
+from adadiff.policy import PolicyConfig, PolicyFeatures, init_policy
+from adadiff.trainer.evaluate import evaluate_choices, evaluate_policy
+from adadiff.trainer.report import REPORT_FILES, summary_text, write_report
+from adadiff.trainer.table import RewardTable
+
+OPTIONS = (10, 20, 30)
+QUALITY = [[0.9, 0.9, 0.9], [0.5, 0.9, 0.9], [0.3, 0.6, 0.9], [0.9, 0.95, 0.9]]
+PROMPTS = ("a", "a b c", "a b c d e", "a b")
+
+
+def hand_table(seeds=1) -> RewardTable:
+    quality = torch.tensor(QUALITY)[:, None, :].expand(-1, seeds, -1).clone()
+    if seeds == 2:  # seed noise that averages out
+        quality[:, 0] += 0.02
+        quality[:, 1] -= 0.02
+    time_s = (torch.tensor(OPTIONS, dtype=torch.float32) * 0.01).expand_as(quality).clone()
+    features = PolicyFeatures(torch.randn(4, 3, 8).half(), torch.ones(4, 3, dtype=torch.bool))
+    return RewardTable(PROMPTS, OPTIONS, tuple(range(seeds)), features, quality, {}, time_s, {})
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_every_comparison_matches_the_hand_computation(seeds):
+    report = evaluate_choices(hand_table(seeds), torch.tensor([0, 1, 2, 0]))
+    approx = lambda value: pytest.approx(value, abs=1e-6)  # noqa: E731
+    assert report["n_prompts"] == 4 and report["options"] == [10, 20, 30]
+    assert report["policy"]["mean_steps"] == approx(17.5) and report["policy"]["iqs"] == approx(0.9)
+    assert report["policy"]["time_s"] == approx(0.175)
+    assert {k: v["iqs"] for k, v in report["fixed"].items()} == {"10": approx(0.65), "20": approx(0.8375), "30": approx(0.9)}
+    assert report["fixed_matched"]["options"] == [10, 20] and report["fixed_matched"]["weight_of_lower"] == approx(0.25)
+    assert report["fixed_matched"]["iqs"] == approx(0.25 * 0.65 + 0.75 * 0.8375)
+    assert report["random_same_distribution"]["mean_steps"] == approx(17.5)
+    assert report["random_same_distribution"]["iqs"] == approx((0.9 + 0.7 + 0.525 + 0.9125) / 4)
+    assert report["heuristic_wordcount"]["mean_steps"] == approx(17.5)  # shortest prompts got the fewest steps
+    assert report["heuristic_wordcount"]["iqs"] == approx(0.9)
+    assert report["oracle"] == {"mean_steps": approx(17.5), "iqs": approx(0.9), "time_s": approx(0.175)}
+    assert report["saving_vs_max"]["steps_pct"] == approx(100 * (1 - 17.5 / 30))
+    assert report["saving_vs_max"]["time_pct"] == approx(100 * (1 - 0.175 / 0.3))
+    assert report["iqs_drop_vs_max_pct"] == approx(0.0) and report["share_of_oracle_saving"] == approx(1.0)
+    differences = torch.tensor([0.9, 0.9, 0.9, 0.9]) - torch.tensor([0.9, 0.7, 0.525, 0.9125])
+    assert report["random_same_distribution"]["policy_minus_se"] == approx(differences.std().item() / 2)
+    assert report["checks"]["saving_at_least_40pct"] and report["checks"]["iqs_drop_at_most_1pct"]
+
+
+def test_a_constant_choice_is_no_better_than_its_fixed_option():
+    report = evaluate_choices(hand_table(), torch.tensor([1, 1, 1, 1]))
+    assert report["fixed_matched"]["options"] == [20] and report["fixed_matched"]["policy_minus"] == 0
+    assert report["random_same_distribution"]["policy_minus"] == 0
+    assert not report["checks"]["beats_random_same_distribution_by_2se"]
+    assert report["oracle"]["mean_steps"] == pytest.approx(17.5)
+
+
+def test_a_policy_is_judged_through_the_hosts_decision_code(tmp_path):
+    policy = init_policy(PolicyConfig(options=OPTIONS, token_dim=8, width=16, heads=4), seed=0)
+    with torch.no_grad():
+        policy.head[-1].bias.copy_(torch.tensor([0.0, 50.0, 0.0]))  # always 20 steps
+    report = evaluate_policy(policy, hand_table())
+    assert report["policy"]["mean_steps"] == 20 and report["policy"]["step_histogram"]["20"] == 1.0
+    write_report(report, tmp_path)
+    assert all((tmp_path / name).stat().st_size > 0 for name in REPORT_FILES)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    for key in ("n_prompts", "options", "policy", "fixed", "fixed_matched", "random_same_distribution",
+                "heuristic_wordcount", "oracle", "saving_vs_max", "iqs_drop_vs_max_pct"):
+        assert key in saved
+    assert set(saved["policy"]) >= {"mean_steps", "iqs", "iqs_se", "time_s"}
+    assert set(saved["fixed"]["10"]) == {"iqs", "iqs_se", "time_s"}
+    assert "| fixed 30 | 30.00 | 0.9000 |" in (tmp_path / "report.md").read_text()
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert "checks passed" in summary_text(report, {"report": "x"})
+
+
+def test_a_policy_for_other_options_is_refused():
+    policy = init_policy(PolicyConfig(options=(5, 10), token_dim=8, width=16, heads=4), seed=0)
+    with pytest.raises(ValueError, match=r"chooses among \(5, 10\).*made for \(10, 20, 30\)"):
+        evaluate_policy(policy, hand_table())
