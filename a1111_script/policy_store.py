@@ -6,15 +6,12 @@ needs no restart.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from ..policy import PolicyFileError, StepPolicy, load_policy
+from ..policy import PolicyCache, PolicyFileError, StepPolicy
 
 POLICY_SUFFIX = ".safetensors"
 EXTENSION_POLICY_FOLDER = Path(__file__).resolve().parent.parent / "policies"
-
-log = logging.getLogger(__name__)
 
 
 class PolicyStore:
@@ -22,7 +19,7 @@ class PolicyStore:
 
     def __init__(self, folders: list[Path]):
         self.folders = [Path(folder) for folder in folders]
-        self._loaded: dict[Path, tuple[tuple[int, int], StepPolicy]] = {}
+        self._cache = PolicyCache()
 
     def names(self) -> list[str]:
         return sorted(self._paths())
@@ -37,16 +34,7 @@ class PolicyStore:
 
     def load(self, name: str) -> StepPolicy:
         """The named policy, read from disk only when the file is new or changed since the last read."""
-        path = self.path(name)
-        stat = path.stat()
-        signature = (stat.st_mtime_ns, stat.st_size)
-        cached = self._loaded.get(path)
-        if cached is not None and cached[0] == signature:
-            return cached[1]
-        policy = load_policy(path)
-        self._loaded[path] = (signature, policy)
-        log.info("AdaDiff: loaded policy %s (step options %s)", path, ", ".join(map(str, policy.config.options)))
-        return policy
+        return self._cache.load(self.path(name))
 
     def _paths(self) -> dict[str, Path]:
         found: dict[str, Path] = {}

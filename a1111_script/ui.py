@@ -13,8 +13,7 @@ from typing import Callable
 import gradio as gr
 from modules.ui_common import create_refresh_button
 
-from ..policy import PolicyFileError
-from ..policy.__main__ import describe
+from ..policy import PolicyFileError, describe
 from .policy_store import PolicyStore
 from .settings import INFOTEXT_KEY, KNOB_RANGE, STEPS_RANGE, pasted_settings
 

@@ -2,8 +2,10 @@
 
 Imports only torch and safetensors, never ComfyUI or A1111, so every host and the trainer share it.
 """
+from .cache import PolicyCache
 from .decision import QUALITY_BIAS_SCALE, StepChoice, check_features, choose_steps, option_logits
 from .errors import FeatureMismatchError, PolicyFileError
+from .describe import describe
 from .features import PolicyFeatures, policy_features
 from .fileformat import FORMAT_VERSION, load_policy, read_metadata, save_policy
 from .network import PAPER_OPTIONS, PolicyConfig, StepPolicy, init_policy
@@ -13,6 +15,7 @@ __all__ = [
     "PAPER_OPTIONS",
     "QUALITY_BIAS_SCALE",
     "FeatureMismatchError",
+    "PolicyCache",
     "PolicyConfig",
     "PolicyFeatures",
     "PolicyFileError",
@@ -20,6 +23,7 @@ __all__ = [
     "StepPolicy",
     "check_features",
     "choose_steps",
+    "describe",
     "init_policy",
     "load_policy",
     "option_logits",

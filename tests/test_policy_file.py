@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from adadiff.policy import (
+    PolicyCache,
     PolicyConfig,
     PolicyFileError,
     init_policy,
@@ -190,3 +191,14 @@ def test_mangled_files_only_ever_raise_policy_file_error(tmp_path, mutations):
     except PolicyFileError:
         return
     assert isinstance(loaded.config, PolicyConfig)  # a harmless change (e.g. a weight's bits) may still load
+
+
+def test_cache_reads_a_file_once_per_version_on_disk(saved):
+    policy, path = saved
+    cache = PolicyCache()
+    first = cache.load(path)
+    assert cache.load(path) is first
+    retrained = init_policy(PolicyConfig(options=(4, 8, 12, 16, 20)), seed=12)
+    save_policy(retrained, path)
+    reloaded = cache.load(path)
+    assert reloaded is not first and reloaded.config.options == (4, 8, 12, 16, 20)
