@@ -1,20 +1,16 @@
 """Where ComfyUI keeps step policies (``models/adadiff/``) and loading each file once per version on disk."""
 from __future__ import annotations
 
-import logging
 import os
 
 import folder_paths
 
-from ..policy import PolicyFileError, StepPolicy, load_policy
+from ..policy import PolicyCache, PolicyFileError, StepPolicy, file_signature
 
 FOLDER_NAME = "adadiff"
 POLICY_EXTENSIONS = {".safetensors"}
 
-log = logging.getLogger(__name__)
-
-# path -> ((mtime_ns, size), policy): a file replaced on disk gets a new signature and is read again.
-_loaded: dict[str, tuple[tuple[int, int], StepPolicy]] = {}
+_cache = PolicyCache()
 
 
 def register_policy_folder() -> None:
@@ -42,25 +38,12 @@ def policy_path(name: str) -> str:
     return path
 
 
-def _signature(path: str) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_mtime_ns, stat.st_size
-
-
 def load_cached_policy(name: str) -> StepPolicy:
     """The policy in ``models/adadiff/<name>``, read again only when the file's mtime or size changed."""
-    path = policy_path(name)
-    signature = _signature(path)
-    cached = _loaded.get(path)
-    if cached is not None and cached[0] == signature:
-        return cached[1]
-    policy = load_policy(path)
-    _loaded[path] = (signature, policy)
-    log.info("AdaDiff: loaded policy %s (step options %s)", path, ", ".join(map(str, policy.config.options)))
-    return policy
+    return _cache.load(policy_path(name))
 
 
 def policy_fingerprint(name: str | None) -> tuple:
     """What ComfyUI compares to decide whether cached node results still hold: the file's identity and version."""
     path = folder_paths.get_full_path(FOLDER_NAME, name) if name else None
-    return name, path, _signature(path) if path else None
+    return name, path, file_signature(path) if path else None

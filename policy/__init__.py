@@ -2,7 +2,7 @@
 
 Imports only torch and safetensors, never ComfyUI or A1111, so every host and the trainer share it.
 """
-from .cache import PolicyCache
+from .cache import PolicyCache, file_signature
 from .decision import QUALITY_BIAS_SCALE, StepChoice, check_features, choose_steps, option_logits
 from .errors import FeatureMismatchError, PolicyFileError
 from .describe import describe
@@ -24,6 +24,7 @@ __all__ = [
     "check_features",
     "choose_steps",
     "describe",
+    "file_signature",
     "init_policy",
     "load_policy",
     "option_logits",

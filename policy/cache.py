@@ -11,6 +11,12 @@ from .network import StepPolicy
 log = logging.getLogger(__name__)
 
 
+def file_signature(path: str | Path) -> tuple[int, int]:
+    """What identifies one version of a file on disk: modification time and size."""
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
 class PolicyCache:
     """Policies by path; a file is read again when its modification time or size changes."""
 
@@ -19,8 +25,7 @@ class PolicyCache:
 
     def load(self, path: str | Path) -> StepPolicy:
         path = str(path)
-        stat = os.stat(path)
-        signature = (stat.st_mtime_ns, stat.st_size)
+        signature = file_signature(path)
         cached = self._loaded.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1]
