@@ -1,0 +1,98 @@
+"""REINFORCE on a cached table: the paper's reward term by term, determinism, early stopping, and that it learns."""
+import pytest
+import torch
+
+from adadiff.policy import PolicyFeatures
+from adadiff.trainer.config import FitSettings, TrainerInputError
+from adadiff.trainer.fit import (fit_policy, in_top_k, normalised_quality, option_rewards, split_indices,
+                                 step_saving)
+from adadiff.trainer.table import RewardTable
+
+OPTIONS = (10, 20, 30, 40)
+
+
+def test_step_saving_is_one_minus_squared_fraction():
+    torch.testing.assert_close(step_saving(OPTIONS), torch.tensor([1 - 1 / 16, 1 - 4 / 16, 1 - 9 / 16, 0.0]))
+
+
+def test_top_k_breaks_ties_towards_fewer_steps():
+    iqs = torch.tensor([[0.5, 0.9, 0.9, 0.95]])
+    assert in_top_k(iqs, 2).tolist() == [[False, True, False, True]]
+    assert in_top_k(iqs, 1).tolist() == [[False, False, False, True]]
+
+
+def test_quality_is_min_max_normalised_per_prompt_and_seed():
+    iqs = torch.tensor([[[2.0, 4.0, 6.0], [1.0, 1.0, 1.0]]])
+    torch.testing.assert_close(normalised_quality(iqs), torch.tensor([[[0.0, 0.5, 1.0], [1.0, 1.0, 1.0]]]))
+
+
+def test_reward_follows_the_paper_and_averages_seeds():
+    settings = FitSettings(top_k=2, quality_weight=0.5, miss_penalty=0.3)
+    iqs = torch.tensor([[[0.5, 0.9, 0.9, 0.95], [0.5, 0.6, 0.7, 0.95]]])  # one prompt, two seeds
+    saving = step_saving(OPTIONS)
+    seed0 = torch.tensor([-0.3, saving[1] + 0.5 * 0.4 / 0.45, -0.3, 0.5])
+    seed1 = torch.tensor([-0.3, -0.3, saving[2] + 0.5 * 0.2 / 0.45, 0.5])
+    torch.testing.assert_close(option_rewards(iqs, OPTIONS, settings), ((seed0 + seed1) / 2)[None])
+
+
+def test_split_is_seeded_disjoint_and_needs_two_prompts():
+    train, val = split_indices(10, 0.2, seed=3)
+    assert len(val) == 2 and sorted(train.tolist() + val.tolist()) == list(range(10))
+    assert torch.equal(split_indices(10, 0.2, seed=3)[1], val)
+    with pytest.raises(TrainerInputError, match="at least 2"):
+        split_indices(1, 0.2, seed=0)
+
+
+def two_kinds_table(n=96, signal=4.0, seed=0) -> RewardTable:
+    """Half the prompts are best at 10 steps, half only at 40; a prompt's kind is written in its first token."""
+    generator = torch.Generator().manual_seed(seed)
+    hard = torch.arange(n) % 2 == 1
+    tokens = torch.randn(n, 4, 8, generator=generator)
+    pattern = torch.tensor([1.0, -1.0] * 4)  # zero-mean across channels, so the policy's LayerNorm keeps it
+    tokens[:, 0, :] += torch.where(hard, signal, -signal)[:, None] * pattern
+    quality = torch.where(hard[:, None], torch.tensor([0.2, 0.4, 0.6, 1.0]), torch.tensor([1.0, 0.99, 0.98, 0.97]))
+    iqs = quality[:, None, :] + 0.001 * torch.randn(n, 2, len(OPTIONS), generator=generator)
+    features = PolicyFeatures(tokens.half(), torch.ones(n, 4, dtype=torch.bool))
+    return RewardTable(tuple(f"p{i}" for i in range(n)), OPTIONS, (0, 1), features, iqs, {},
+                       torch.zeros_like(iqs), {"model": {}})
+
+
+SMALL = dict(policy_width=16, policy_depth=1, fit_batch_size=16, val_fraction=0.25, top_k=1)
+
+
+@pytest.mark.parametrize("estimator", ["exact", "sampled"])
+def test_it_learns_to_give_each_kind_of_prompt_its_steps(estimator):
+    table = two_kinds_table()
+    settings = FitSettings(max_epochs=60, patience=60, lr=3e-3, estimator=estimator, **SMALL)
+    result = fit_policy(table, settings, show_progress=False)
+    rewards = option_rewards(table.iqs, OPTIONS, settings)
+    _, val = split_indices(len(table), settings.val_fraction, settings.fit_seed)
+    best_fixed = rewards[val].mean(0).max().item()
+    assert result.summary["val_reward"] > best_fixed + 0.8  # per prompt, not one count for all (+1 at best)
+    with torch.no_grad():
+        choices = result.policy(table.features.tokens.float(), table.features.mask).argmax(-1)
+    hard = torch.arange(len(table)) % 2 == 1
+    assert (choices[~hard] == 0).float().mean() > 0.9 and (choices[hard] == 3).float().mean() > 0.9
+
+
+def test_same_seed_same_policy_other_seed_other_policy():
+    table = two_kinds_table(n=32)
+    settings = FitSettings(max_epochs=3, patience=3, **SMALL)
+    first, again = fit_policy(table, settings, show_progress=False), fit_policy(table, settings, show_progress=False)
+    other = fit_policy(table, FitSettings(max_epochs=3, patience=3, fit_seed=1, **SMALL), show_progress=False)
+    state, same, different = first.policy.state_dict(), again.policy.state_dict(), other.policy.state_dict()
+    assert all(torch.equal(state[k], same[k]) for k in state)
+    assert not all(torch.equal(state[k], different[k]) for k in state)
+    assert first.history == again.history
+
+
+def test_early_stopping_keeps_the_best_epoch_and_fills_the_summary():
+    table = two_kinds_table(n=32, signal=0.0)  # nothing to learn: validation stops improving
+    settings = FitSettings(max_epochs=200, patience=3, **SMALL)
+    result = fit_policy(table, settings, info={"model_family": "test"}, show_progress=False)
+    summary = result.summary
+    assert summary["epochs"] < 200 and summary["epochs"] - summary["best_epoch"] == 3
+    assert summary["val_reward"] == pytest.approx(max(h["val_reward"] for h in result.history), abs=1e-5)
+    assert result.policy.info["model_family"] == "test" and result.policy.info["summary"] is summary
+    assert {"prompts_train", "prompts_val", "fit_seconds", "lr", "baseline", "entropy", "seed"} <= set(summary)
+    assert not result.policy.training
