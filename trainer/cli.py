@@ -212,8 +212,9 @@ def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, sp
     model = _required(settings.model, "--model", "a diffusers folder, a .safetensors/.ckpt checkpoint or 'embedded'")
     TableFolder(folder).refuse_foreign()
     state = process_state()
-    reward = _checked(lambda: _build_reward(settings), "--reward")
-    pipe, info = _checked(lambda: _load_model(model, settings, state), "--model")
+    device = state.device if settings.device == "auto" else torch.device(settings.device)
+    reward = _checked(lambda: _build_reward(settings, device), "--reward")
+    pipe, info = _checked(lambda: _load_model(model, settings, device), "--model")
     warn_about_long_prompts(pipe, prompts)
     if split_at is not None:
         logger.info("reward table for %d training and %d held-out prompts", split_at, len(prompts) - split_at)
@@ -221,17 +222,16 @@ def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, sp
     return folder if state.is_main_process else None
 
 
-def _build_reward(settings: GenerateSettings):
+def _build_reward(settings: GenerateSettings, device: torch.device):
     from .rewards import build_reward
 
-    return build_reward(settings.reward, **settings.reward_settings)
+    return build_reward(settings.reward, device=device, **settings.reward_settings)
 
 
-def _load_model(model: str, settings: GenerateSettings, state):
+def _load_model(model: str, settings: GenerateSettings, device: torch.device):
     from .models import load_pipeline, model_info, resolve_scheduler
 
     resolve_scheduler(settings.scheduler)  # a wrong name fails before any weights are read
-    device = state.device if settings.device == "auto" else torch.device(settings.device)
     pipe = load_pipeline(model, scheduler=settings.scheduler, device=device)
     return pipe, model_info(model, pipe)
 
