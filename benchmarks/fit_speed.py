@@ -1,6 +1,6 @@
 """How long `fit` takes on a reward table of SD1.5 size (77 x 768 token states) with the default settings.
 
-The table is synthetic (prompts made of random "word" states, whose hardest word decides how many steps the prompt
+The table is synthetic (prompts made of random "word" states, whose difficulties decide how many steps the prompt
 needs, plus seed noise), which is enough to time the fit and to see that it learns; the diffusion model plays no
 part in fitting. Run: `.venv/bin/python benchmarks/fit_speed.py [--prompts 10000] [--threads N]`.
 """
@@ -22,7 +22,8 @@ OPTIONS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
 def synthetic_table(n_prompts: int, tokens: int, width: int, seeds: int = 2, seed: int = 0) -> RewardTable:
     """Prompts built like real ones: 3-15 "words" from a 300-word vocabulary, then end-token padding to ``tokens``.
 
-    Each word has a difficulty; a prompt's IQS saturates at a step count set by its hardest word, plus seed noise.
+    Each word has a difficulty; a prompt's IQS saturates at a step count set by its words' mean difficulty, plus
+    seed noise.
     """
     generator = torch.Generator().manual_seed(seed)
     vocabulary = torch.randn(300, width, generator=generator)
@@ -36,7 +37,7 @@ def synthetic_table(n_prompts: int, tokens: int, width: int, seeds: int = 2, see
         part = slice(start, start + 1000)
         chunk = torch.where(is_word[part, :, None], vocabulary[words[part]], padding)
         states[part] = (chunk + 0.1 * torch.randn(chunk.shape, generator=generator)).to(FEATURE_DTYPE)
-    difficulty = torch.where(is_word, word_difficulty[words], torch.zeros(())).amax(1)  # [N] in (0, 1)
+    difficulty = torch.where(is_word, word_difficulty[words], torch.zeros(())).sum(1) / lengths  # [N] in (0, 1)
     steps = torch.tensor(OPTIONS, dtype=torch.float32)
     needed = 5 + 45 * difficulty  # steps after which quality stops improving
     quality = torch.minimum(steps[None, :], needed[:, None]) / needed[:, None]

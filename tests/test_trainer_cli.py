@@ -197,3 +197,25 @@ def test_ctrl_c_says_how_to_continue(generate_argv, monkeypatch, capsys):
     monkeypatch.setattr("adadiff.trainer.generate.generate_table", interrupted)
     code, err = run_cli(generate_argv(), capsys)
     assert code == 130 and "rerun the same command to continue" in err
+
+
+def test_held_out_split_is_seeded_disjoint_and_never_empty():
+    from adadiff.trainer.config import FitSettings, TrainerInputError
+
+    prompts = [f"prompt {i}" for i in range(40)]
+    train, held_out = cli._hold_out(prompts, 0.2, FitSettings())
+    assert len(held_out) == 8 and sorted(train + held_out) == sorted(prompts)
+    assert cli._hold_out(prompts, 0.2, FitSettings()) == (train, held_out)
+    assert cli._hold_out(prompts, 0.2, FitSettings(fit_seed=5)) != (train, held_out)
+    with pytest.raises(TrainerInputError, match="at least 3"):
+        cli._hold_out(prompts[:2], 0.5, FitSettings())
+
+
+def test_held_out_prompts_seen_in_training_are_left_out(capsys):
+    from adadiff.trainer.config import TrainerInputError
+
+    cli._set_up_logging()
+    assert cli._without_training_prompts(["a", "b"], ["b", "c"]) == ["c"]
+    assert "1 held-out prompt(s) are also training prompts" in capsys.readouterr().err
+    with pytest.raises(TrainerInputError, match="every held-out prompt is also a training prompt"):
+        cli._without_training_prompts(["a", "b"], ["b"])

@@ -186,6 +186,7 @@ def _run_prompts(prompts: list[str], eval_prompts: list[str], from_file: dict, f
     from .table import load_table
 
     out = Path(_required(job.out, "--out", "the folder for tables, policy and report"))
+    eval_prompts = _without_training_prompts(prompts, eval_prompts)
     settings = build_settings(GenerateSettings, from_file, flags)
     fit_settings = build_settings(FitSettings, from_file, flags)
     policy_file = _policy_path(str(out / POLICY_FILE), job.force)
@@ -253,6 +254,18 @@ def _hold_out(prompts: list[str], fraction: float, fit_settings: FitSettings) ->
     n_held_out = min(max(1, round(len(prompts) * fraction)), len(prompts) - 2)
     held_out = set(order[:n_held_out])
     return ([p for i, p in enumerate(prompts) if i not in held_out], [p for i, p in enumerate(prompts) if i in held_out])
+
+
+def _without_training_prompts(prompts: list[str], eval_prompts: list[str]) -> list[str]:
+    """Held-out prompts the policy also trained on would flatter it: drop them, loudly."""
+    seen = set(prompts)
+    kept = [p for p in eval_prompts if p not in seen]
+    if len(kept) < len(eval_prompts):
+        logger.warning("%d held-out prompt(s) are also training prompts and were left out of the evaluation",
+                       len(eval_prompts) - len(kept))
+    if not kept:
+        raise TrainerInputError("every held-out prompt is also a training prompt; pass other --eval-prompts")
+    return kept
 
 
 def _required_prompts(path: str | None) -> list[str]:
