@@ -219,3 +219,9 @@ def test_held_out_prompts_seen_in_training_are_left_out(capsys):
     assert "1 held-out prompt(s) are also training prompts" in capsys.readouterr().err
     with pytest.raises(TrainerInputError, match="every held-out prompt is also a training prompt"):
         cli._without_training_prompts(["a", "b"], ["b"])
+
+
+def test_demo_refuses_to_overwrite_an_earlier_demo(tmp_path, capsys):
+    (tmp_path / "report.json").write_text("{}")
+    code, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
+    assert code == 2 and "report.json exists and would be overwritten; pass --force" in err

@@ -92,11 +92,12 @@ class FitSettings:
     estimator: str = _setting("exact", "policy gradient: exact (every option weighed by its probability, which the "
                                        "table allows) or sampled (the paper's Monte Carlo REINFORCE)")
     actions_per_prompt: int = _setting(4, "sampled estimator: actions per prompt and update (no extra cost)", int)
-    entropy: float = _setting(0.01, "entropy bonus weight (keeps exploring early on)", float)
+    entropy: float = _setting(0.3, "entropy bonus weight: keeps the policy from locking onto one option for every "
+                                   "prompt before it has learned to tell prompts apart", float)
     lr: float = _setting(1e-3, "Adam learning rate", float)
-    fit_batch_size: int = _setting(64, "prompts per policy update", int)
-    max_epochs: int = _setting(100, "upper limit on passes over the training prompts", int)
-    patience: int = _setting(20, "stop after this many epochs without a better validation reward", int)
+    fit_batch_size: int = _setting(32, "prompts per policy update", int)
+    max_epochs: int = _setting(300, "upper limit on passes over the training prompts", int)
+    patience: int = _setting(50, "stop after this many epochs without a better validation reward", int)
     val_fraction: float = _setting(0.1, "share of the training prompts held back for validation", float)
     fit_seed: int = _setting(0, "seed of the policy's initialisation, the split and the sampling", int)
     policy_width: int = _setting(128, "width of the policy network", int)

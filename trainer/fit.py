@@ -15,8 +15,12 @@ makes missing the top k cost as much as the largest possible saving is worth, so
 when it lands in the top k on most seeds.
 
 Variance reduction: the ``expected`` baseline subtracts the policy's exact expected reward for the prompt, which the
-table makes computable (every option's reward is known); ``batch`` subtracts the batch mean; an entropy bonus keeps
-the policy from collapsing onto one option before the rewards are learned. Validation (a seeded share of the
+table makes computable (every option's reward is known); ``batch`` subtracts the batch mean. The entropy bonus is
+large by default (0.3) for a measured reason: the options' rewards differ by ~0.1-1, so with a weak bonus (0.01) the
+policy learned the option best on average within ~100 updates, its softmax saturated (probability 1.0 on one option,
+logits varying by 0.01 across prompts) and the gradient that would tell prompts apart vanished; on caption features
+with 0.1 and 0.3 it kept learning per prompt (train reward 0.925 -> 1.06 and 1.13 in 800 updates, per-prompt best
+1.34). The bonus softens the optimum but not its argmax, which is what the hosts use. Validation (a seeded share of the
 training prompts) scores the argmax choice the hosts make; the best epoch's weights are kept and training stops
 after ``patience`` epochs without improvement. Deterministic for a given seed and thread count.
 """

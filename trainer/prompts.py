@@ -100,8 +100,9 @@ def _from_jsonl(path: Path, lines: list[str]) -> list[tuple[int, str]]:
             continue
         numbered.append((number, record[PROMPT_FIELD].strip()))
     if problems:
+        more = len(problems) - _MAX_LISTED_PROBLEMS
         raise TrainerInputError(f"{path}: {'; '.join(problems[:_MAX_LISTED_PROBLEMS])}"
-                                + (f" (and {len(problems) - _MAX_LISTED_PROBLEMS} more)" if len(problems) > _MAX_LISTED_PROBLEMS else "")
+                                + (f" (and {more} more)" if more > 0 else "")
                                 + f"; each line must be a JSON object like {{\"{PROMPT_FIELD}\": \"a red cube\"}}")
     return numbered
 
