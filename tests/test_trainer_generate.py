@@ -94,3 +94,17 @@ def test_a_folder_holding_something_else_is_never_overwritten(model, tmp_path):
         generate_table(pipe, PROMPTS[:2], Brightness(), settings(), tmp_path / "other", model=info, show_progress=False)
     with pytest.raises(TrainerInputError, match="no reward table here"):
         load_table(tmp_path / "other")
+
+
+@pytest.mark.parametrize("scheduler", ["euler_a", "dpm++2m"])
+def test_other_samplers_including_ancestral_ones_repeat_exactly(tmp_path, scheduler):
+    folder = save_tiny_pipeline(tmp_path / "tiny")
+    pipe = load_pipeline(str(folder), scheduler=scheduler)
+    info = model_info(str(folder), pipe)
+    generate_table(pipe, PROMPTS[:4], ClosenessToReference(reference_steps=4), settings(options=(2, 4), seeds=(0,),
+                   scheduler=scheduler), tmp_path / "t", model=info, show_progress=False)
+    table = load_table(tmp_path / "t")
+    # the 4-step option repeats the 4-step reference exactly: euler_a's fresh noise comes from per-prompt generators
+    assert torch.equal(table.components["difference"][:, 0, 1], torch.zeros(4))
+    assert table.description["sampling"]["scheduler_class"] == {"euler_a": "EulerAncestralDiscreteScheduler",
+                                                                "dpm++2m": "DPMSolverMultistepScheduler"}[scheduler]
