@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"SSIM to the {REFERENCE_STEPS}-step sample at {n_steps:3d} steps: "
               f"p10 {np.percentile(values, 10):.3f}  median {np.median(values):.3f}")
     level = np.percentile(ssim(images[:, -2], images[:, -1]).numpy(), args.percentile)
-    print(f"SSIM saturation ({args.percentile:g}th percentile at {steps[-2]} steps): {level:.2f}")
+    print(f"SSIM saturation ({args.percentile:g}th percentile at {steps[-2]} steps): {level:.3f}")
 
 
 if __name__ == "__main__":

@@ -82,12 +82,20 @@ def read_background(shades: np.ndarray) -> Background:
     return Background(colour, "striped" if striped else "checkered")
 
 
+def interior(mask: np.ndarray) -> np.ndarray:
+    """Pixels whose four neighbours are also in the mask; the whole mask if fewer than 3 are."""
+    padded = np.pad(mask, 1)
+    inside = mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inside if inside.sum() >= 3 else mask
+
+
 def read_texture(colour_mask: np.ndarray, dark_mask: np.ndarray) -> str:
-    """Solid, dotted, striped (horizontal) or checkered, from the dark share and its run directions."""
-    dark_share = dark_mask[colour_mask].mean()
-    if dark_share < 0.06:
+    """Solid, dotted, striped (horizontal) or checkered, from the share of dark pixels and their run directions.
+    Solid is decided away from the outline, where an object blending into the background looks dark."""
+    inner = interior(colour_mask)
+    if (dark_mask & inner).sum() / inner.sum() < 0.03:
         return "solid"
-    if dark_share < 0.28:
+    if dark_mask[colour_mask].mean() < 0.28:
         return "dotted"
     across = colour_mask[:, 1:] & colour_mask[:, :-1]
     down = colour_mask[1:] & colour_mask[:-1]

@@ -25,7 +25,7 @@ from .checker import PROPERTIES, check
 from .world import parse_caption
 
 ALIGNMENT_WEIGHT = 0.5
-SSIM_SATURATION = 0.9
+SSIM_SATURATION = 0.997  # `python -m adadiff.trainer.embedded.calibrate`: 10th percentile, 100 training prompts
 REFERENCE_STEPS = 100
 
 
