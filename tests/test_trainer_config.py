@@ -49,6 +49,8 @@ def test_unknown_config_key_is_refused_with_the_known_ones(tmp_path):
     (FitSettings, {"baseline": "mean"}, "--baseline must be expected, batch or none"),
     (FitSettings, {"val_fraction": "1.5"}, "--val-fraction"),
     (FitSettings, {"top_k": "0"}, "--top-k must be at least 1"),
+    (FitSettings, {"policy_width": "30"}, "--policy-width must be a positive multiple of 4"),
+    (FitSettings, {"estimator": "guess"}, "--estimator must be exact or sampled"),
     (JobSettings, {"heldout_fraction": "0"}, "--heldout-fraction"),
     (JobSettings, {"force": "yes"}, "--force: expected true or false"),
 ])

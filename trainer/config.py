@@ -20,6 +20,9 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 
+POLICY_HEADS = 4  # attention heads of the fitted policy; its width must be a multiple
+
+
 class TrainerInputError(ValueError):
     """Something the user gave (a flag, a file, a folder) that cannot work; the message says what to change."""
 
@@ -115,6 +118,10 @@ class FitSettings:
         for name in ("fit_batch_size", "max_epochs", "patience", "actions_per_prompt"):
             if getattr(self, name) < 1:
                 raise TrainerInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.policy_width < POLICY_HEADS or self.policy_width % POLICY_HEADS or self.policy_depth < 1:
+            raise TrainerInputError(f"--policy-width must be a positive multiple of {POLICY_HEADS} (the policy's "
+                                    f"attention heads) and --policy-depth at least 1, got {self.policy_width} and "
+                                    f"{self.policy_depth}")
         if self.lr <= 0 or self.entropy < 0 or self.miss_penalty < 0 or self.quality_weight < 0:
             raise TrainerInputError("--lr must be positive and --entropy, --miss-penalty, --quality-weight not negative")
 

@@ -35,12 +35,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..policy import PolicyConfig, StepPolicy, init_policy
-from .config import FitSettings, TrainerInputError
+from .config import POLICY_HEADS, FitSettings, TrainerInputError
 from .table import RewardTable
 
 logger = logging.getLogger(__name__)
 
-POLICY_HEADS = 4
 _EVAL_BATCH = 1024
 
 
