@@ -73,7 +73,7 @@ def test_kill_9_mid_run_then_the_same_command_continues(assets, uninterrupted):
     while process.poll() is None and time.monotonic() < deadline:
         if len(list((out / "units").glob("*-o*.safetensors"))) >= 3:
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     folder = TableFolder(out)
