@@ -14,6 +14,10 @@ Defaults and why: k = 3 (the paper's); lambda = 1 weighs quality and saving alik
 makes missing the top k cost as much as the largest possible saving is worth, so a cheaper option is only taken
 when it lands in the top k on most seeds.
 
+Gradient: REINFORCE's. The default ``estimator="exact"`` weighs every option by its probability, which is the
+expectation sampled REINFORCE estimates and is computable here because the table holds every option's reward;
+``"sampled"`` draws ``actions_per_prompt`` options per prompt as the paper does.
+
 Variance reduction: the ``expected`` baseline subtracts the policy's exact expected reward for the prompt, which the
 table makes computable (every option's reward is known); ``batch`` subtracts the batch mean. The entropy bonus is
 large by default (0.3) for a measured reason: the options' rewards differ by ~0.1-1, so with a weak bonus (0.01) the
