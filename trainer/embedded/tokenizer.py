@@ -32,11 +32,11 @@ def build_tokenizer() -> CLIPTokenizer:
     trainer = trainers.BpeTrainer(vocab_size=4096, special_tokens=[START, END], initial_alphabet=alphabet,
                                   end_of_word_suffix="</w>", show_progress=False)
     bpe.train_from_iterator(world_words() * 4, trainer)
-    model = bpe.get_vocab()
-    vocab = dict(sorted(model.items(), key=lambda kv: kv[1]))
-    for ch in alphabet:  # CLIP's BPE also needs every character in its end-of-word form
-        vocab.setdefault(ch + "</w>", len(vocab))
-        return CLIPTokenizer(vocab=vocab, merges=_merges_of(bpe), model_max_length=TEXT_POSITIONS)
+    merges = _merges_of(bpe)
+    # The trainer orders tied merges in a hash order that changes between processes; number tokens canonically
+    # (sorted), so every caption gets the same ids in every process.
+    vocab = {token: i for i, token in enumerate([START, END, *sorted(set(bpe.get_vocab()) - {START, END})])}
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=TEXT_POSITIONS)
 
 
 def _merges_of(bpe: Tokenizer) -> list[tuple[str, str]]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import CLIPTokenizer
 
 from .model import (MODEL_DIR, assemble_pipeline, build_scheduler, build_text_encoder, build_unet, build_vae,
                     image_to_latent)
@@ -52,6 +53,16 @@ def lr_at(step: int, peak: float, warmup: int = 200) -> float:
     """Linear warm-up, then constant: the run up to step N does not depend on the planned total, so a run can
     stop at any checkpoint and `--*-steps N` reproduces it (the EMA does the averaging a decay would)."""
     return peak * min(1.0, (step + 1) / warmup)
+
+
+def run_tokenizer(work: Path) -> CLIPTokenizer:
+    """The run's tokenizer, saved with its checkpoints so that training, resuming and export agree on token ids."""
+    folder = work / "tokenizer"
+    if folder.exists():
+        return CLIPTokenizer.from_pretrained(str(folder))
+    tokenizer = build_tokenizer()
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -102,7 +113,7 @@ def train_vae(args: argparse.Namespace, scaling_factor: float) -> None:
 def train_unet(args: argparse.Namespace, scaling_factor: float) -> None:
     """v-prediction on the cosine schedule; text encoder trained jointly; EMA of both kept for export."""
     path = args.work / "unet.pt"
-    tokenizer = build_tokenizer()
+    tokenizer = run_tokenizer(args.work)
     torch.manual_seed(args.seed)
     text_encoder, unet = build_text_encoder(len(tokenizer)), build_unet()
     params = list(text_encoder.parameters()) + list(unet.parameters())
@@ -156,7 +167,7 @@ def train_unet(args: argparse.Namespace, scaling_factor: float) -> None:
 
 def export(args: argparse.Namespace, scaling_factor: float, out: Path) -> None:
     """Write the EMA weights and the VAE as a StableDiffusionPipeline folder (fp16 safetensors)."""
-    tokenizer = build_tokenizer()
+    tokenizer = run_tokenizer(args.work)
     text_encoder, unet = build_text_encoder(len(tokenizer)), build_unet()
     state = torch.load(args.work / "unet.pt", weights_only=False)
     with torch.no_grad():
