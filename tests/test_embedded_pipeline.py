@@ -12,7 +12,7 @@ pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model_index.json").exists(), r
 
 
 @pytest.fixture(scope="module")
-def pipe(monkeypatch_module=None):
+def pipe():
     os.environ["HF_HUB_OFFLINE"] = "1"
     return load_embedded_pipeline()
 

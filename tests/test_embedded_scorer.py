@@ -1,6 +1,5 @@
 """ToyIQS: ground truth aligns, wrong content and noise score low, fidelity saturates."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from .tokenizer import TEXT_POSITIONS, build_tokenizer
+from .tokenizer import TEXT_POSITIONS
 from .world import IMAGE_SIZE
 
 MODEL_DIR = Path(__file__).resolve().parent / "model"
@@ -78,7 +78,3 @@ def load_embedded_pipeline(path: str | Path = MODEL_DIR, dtype: torch.dtype = to
                                                    requires_safety_checker=False, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def new_tokenizer() -> CLIPTokenizer:
-    return build_tokenizer()
