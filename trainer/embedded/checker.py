@@ -121,7 +121,8 @@ def read_shape(component: np.ndarray) -> str:
 
 
 def _majority(values: list[str]) -> str | None:
-    return max(set(values), key=values.count) if values else None
+    """The most frequent reading; ties go to the alphabetically first, so every process agrees."""
+    return max(sorted(set(values)), key=values.count) if values else None
 
 
 def check_group(shades: np.ndarray, group: Group) -> dict[str, float]:
