@@ -26,3 +26,4 @@ embedded-model: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/policy_speed.py
+	$(PY) benchmarks/fit_speed.py
