@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from ..policy import PAPER_OPTIONS
+from ..policy import PAPER_OPTIONS, PolicyConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,7 +20,8 @@ else:  # pragma: no cover - Python 3.10 only
     import tomli as tomllib
 
 
-POLICY_HEADS = 4  # attention heads of the fitted policy; its width must be a multiple
+DEFAULT_POLICY = PolicyConfig()  # the network the hosts' benchmarks were measured with
+POLICY_HEADS = DEFAULT_POLICY.heads  # attention heads of the fitted policy; its width must be a multiple
 
 
 class TrainerInputError(ValueError):
@@ -103,8 +104,8 @@ class FitSettings:
     patience: int = _setting(50, "stop after this many epochs without a better validation reward", int)
     val_fraction: float = _setting(0.1, "share of the training prompts held back for validation", float)
     fit_seed: int = _setting(0, "seed of the policy's initialisation, the split and the sampling", int)
-    policy_width: int = _setting(128, "width of the policy network", int)
-    policy_depth: int = _setting(3, "attention layers in the policy network", int)
+    policy_width: int = _setting(DEFAULT_POLICY.width, "width of the policy network", int)
+    policy_depth: int = _setting(DEFAULT_POLICY.depth, "attention layers in the policy network", int)
 
     def __post_init__(self):
         if self.top_k < 1:
