@@ -79,7 +79,7 @@ def train_vae(args: argparse.Namespace, scaling_factor: float) -> None:
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         vae.load_state_dict(state["vae"])
         opt.load_state_dict(state["opt"])
         step = state["step"]
@@ -122,7 +122,7 @@ def train_unet(args: argparse.Namespace, scaling_factor: float) -> None:
     scheduler = build_scheduler()
     step = 0
     if path.exists():
-        state = torch.load(path, weights_only=False)
+        state = torch.load(path, weights_only=True)
         text_encoder.load_state_dict(state["text_encoder"])
         unet.load_state_dict(state["unet"])
         ema = state["ema"]
@@ -169,12 +169,12 @@ def export(args: argparse.Namespace, scaling_factor: float, out: Path) -> None:
     """Write the EMA weights and the VAE as a StableDiffusionPipeline folder (fp16 safetensors)."""
     tokenizer = run_tokenizer(args.work)
     text_encoder, unet = build_text_encoder(len(tokenizer)), build_unet()
-    state = torch.load(args.work / "unet.pt", weights_only=False)
+    state = torch.load(args.work / "unet.pt", weights_only=True)
     with torch.no_grad():
         for p, e in zip(list(text_encoder.parameters()) + list(unet.parameters()), state["ema"]):
             p.copy_(e)
     vae = build_vae(scaling_factor)
-    vae.load_state_dict(torch.load(args.work / "vae.pt", weights_only=False)["vae"])
+    vae.load_state_dict(torch.load(args.work / "vae.pt", weights_only=True)["vae"])
     pipe = assemble_pipeline(tokenizer, text_encoder, unet, vae)
     pipe.to(torch.float16).save_pretrained(str(out), safe_serialization=True)
     log.info("exported UNet step %d to %s", state["step"], out)
