@@ -101,7 +101,8 @@ class StepPolicy(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T, D] fp32, mask [B, T] bool (True = real token), pooled [B, P] or None -> logits [B, n]."""
         x = self.token_proj(self.token_norm(tokens))
-        x = self.out_norm(self.encoder(x, src_key_padding_mask=~mask))
+        padding = None if bool(mask.all()) else ~mask  # no mask to apply in the common case: attention skips it
+        x = self.out_norm(self.encoder(x, src_key_padding_mask=padding))
         weights = mask.unsqueeze(-1).to(x.dtype)
         summary = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         if self.config.pooled_dim:
