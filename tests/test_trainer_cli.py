@@ -22,7 +22,7 @@ batch-size = 2
 reward = "toy"
 guidance = 2.0
 device = "cpu"
-max-epochs = 3
+max-updates = 3
 [reward_settings]
 reference_steps = 5
 """
@@ -120,7 +120,7 @@ def test_run_fits_and_evaluates_then_fit_and_evaluate_alone(assets, uninterrupte
     assert cli.main(argv) == 2  # a second run would overwrite the policy
     assert "exists and would be overwritten; pass --force" in capsys.readouterr().err
     assert cli.main(["fit", "--table", str(out / "table"), "--out", str(out / "again.safetensors"),
-                     "--max-epochs", "2"]) == 0
+                     "--max-updates", "2"]) == 0
     assert cli.main(["evaluate", "--policy", str(out / "again.safetensors"), "--table", str(out / "table"),
                      "--out", str(out / "eval")]) == 0
     assert "AdaDiff on 6 held-out prompts" in capsys.readouterr().out

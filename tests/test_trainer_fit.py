@@ -63,7 +63,7 @@ SMALL = dict(policy_width=16, policy_depth=1, fit_batch_size=16, val_fraction=0.
 @pytest.mark.parametrize("estimator", ["exact", "sampled"])
 def test_it_learns_to_give_each_kind_of_prompt_its_steps(estimator):
     table = two_kinds_table()
-    settings = FitSettings(max_epochs=60, patience=60, lr=3e-3, estimator=estimator, **SMALL)
+    settings = FitSettings(max_updates=300, patience=300, lr=3e-3, estimator=estimator, **SMALL)
     result = fit_policy(table, settings, show_progress=False)
     rewards = option_rewards(table.iqs, OPTIONS, settings)
     _, val = split_indices(len(table), settings.val_fraction, settings.fit_seed)
@@ -77,9 +77,9 @@ def test_it_learns_to_give_each_kind_of_prompt_its_steps(estimator):
 
 def test_same_seed_same_policy_other_seed_other_policy():
     table = two_kinds_table(n=32)
-    settings = FitSettings(max_epochs=3, patience=3, **SMALL)
+    settings = FitSettings(max_updates=6, patience=6, **SMALL)
     first, again = fit_policy(table, settings, show_progress=False), fit_policy(table, settings, show_progress=False)
-    other = fit_policy(table, FitSettings(max_epochs=3, patience=3, fit_seed=1, **SMALL), show_progress=False)
+    other = fit_policy(table, FitSettings(max_updates=6, patience=6, fit_seed=1, **SMALL), show_progress=False)
     state, same, different = first.policy.state_dict(), again.policy.state_dict(), other.policy.state_dict()
     assert all(torch.equal(state[k], same[k]) for k in state)
     assert not all(torch.equal(state[k], different[k]) for k in state)
@@ -88,10 +88,11 @@ def test_same_seed_same_policy_other_seed_other_policy():
 
 def test_early_stopping_keeps_the_best_epoch_and_fills_the_summary():
     table = two_kinds_table(n=32, signal=0.0)  # nothing to learn: validation stops improving
-    settings = FitSettings(max_epochs=200, patience=3, **SMALL)
+    settings = FitSettings(max_updates=400, patience=6, **SMALL)  # 24 training prompts: 2 updates per pass
     result = fit_policy(table, settings, info={"model_family": "test"}, show_progress=False)
     summary = result.summary
     assert summary["epochs"] < 200 and summary["epochs"] - summary["best_epoch"] == 3
+    assert summary["updates"] == 2 * summary["epochs"]
     assert summary["val_reward"] == pytest.approx(max(h["val_reward"] for h in result.history), abs=1e-5)
     assert result.policy.info["model_family"] == "test" and result.policy.info["summary"] is summary
     assert {"prompts_train", "prompts_val", "fit_seconds", "lr", "baseline", "entropy", "seed"} <= set(summary)

@@ -100,8 +100,10 @@ class FitSettings:
                                    "prompt before it has learned to tell prompts apart", float)
     lr: float = _setting(1e-3, "Adam learning rate", float)
     fit_batch_size: int = _setting(32, "prompts per policy update", int)
-    max_epochs: int = _setting(300, "upper limit on passes over the training prompts", int)
-    patience: int = _setting(50, "stop after this many epochs without a better validation reward", int)
+    max_updates: int = _setting(1500, "upper limit on policy updates (batches), rounded up to whole passes over the "
+                                      "training prompts", int)
+    patience: int = _setting(250, "stop once this many updates have brought no better validation reward (checked "
+                                  "after every pass over the training prompts)", int)
     val_fraction: float = _setting(0.1, "share of the training prompts held back for validation", float)
     fit_seed: int = _setting(0, "seed of the policy's initialisation, the split and the sampling", int)
     policy_width: int = _setting(DEFAULT_POLICY.width, "width of the policy network", int)
@@ -116,7 +118,7 @@ class FitSettings:
             raise TrainerInputError(f"--baseline must be expected, batch or none, got {self.baseline!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise TrainerInputError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
-        for name in ("fit_batch_size", "max_epochs", "patience", "actions_per_prompt"):
+        for name in ("fit_batch_size", "max_updates", "patience", "actions_per_prompt"):
             if getattr(self, name) < 1:
                 raise TrainerInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.policy_width < POLICY_HEADS or self.policy_width % POLICY_HEADS or self.policy_depth < 1:

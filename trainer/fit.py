@@ -25,13 +25,16 @@ policy learned the option best on average within ~100 updates, its softmax satur
 logits varying by 0.01 across prompts) and the gradient that would tell prompts apart vanished; on caption features
 with 0.1 and 0.3 it kept learning per prompt (train reward 0.925 -> 1.06 and 1.13 in 800 updates, per-prompt best
 1.34). The bonus softens the optimum but not its argmax, which is what the hosts use. Validation (a seeded share of the
-training prompts) scores the argmax choice the hosts make; the best epoch's weights are kept and training stops
-after ``patience`` epochs without improvement. Deterministic for a given seed and thread count.
+training prompts) scores the argmax choice the hosts make after every pass over the training prompts; the best pass's
+weights are kept. Length and patience are counted in updates, not passes, so that a table of 100 prompts and one of
+10,000 both get the few hundred updates a policy needs: the small table is passed over many times, the large one
+a few. Deterministic for a given seed and thread count.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from dataclasses import dataclass
 
@@ -109,7 +112,9 @@ def fit_policy(table: RewardTable, settings: FitSettings, *, info: dict | None =
         torch.manual_seed(settings.fit_seed)  # dropout draws from the global generator
         sampler = torch.Generator().manual_seed(settings.fit_seed)
         optimizer = torch.optim.Adam(policy.parameters(), lr=settings.lr)
-        bar = tqdm(range(1, settings.max_epochs + 1), desc="fit policy", unit="epoch", disable=not show_progress,
+        updates_per_epoch = math.ceil(len(train) / settings.fit_batch_size)
+        max_epochs = math.ceil(settings.max_updates / updates_per_epoch)
+        bar = tqdm(range(1, max_epochs + 1), desc="fit policy", unit="epoch", disable=not show_progress,
                    dynamic_ncols=True)
         for epoch in bar:
             train_reward = _train_epoch(policy, optimizer, features, rewards, train, settings, sampler)
@@ -120,7 +125,7 @@ def fit_policy(table: RewardTable, settings: FitSettings, *, info: dict | None =
             if val_reward > best[0]:
                 best = (val_reward, epoch, copy.deepcopy(policy.state_dict()))
             bar.set_postfix(val_reward=f"{val_reward:.3f}", best_epoch=best[1])
-            if epoch - best[1] >= settings.patience:
+            if (epoch - best[1]) * updates_per_epoch >= settings.patience:
                 break
         bar.close()
     policy.load_state_dict(best[2])
@@ -131,6 +136,7 @@ def fit_policy(table: RewardTable, settings: FitSettings, *, info: dict | None =
         "prompts_train": len(train),
         "prompts_val": len(val),
         "epochs": len(history),
+        "updates": len(history) * updates_per_epoch,
         "best_epoch": best[1],
         "val_reward": round(best_entry["val_reward"], 5),
         "val_mean_steps": round(best_entry["val_mean_steps"], 3),
