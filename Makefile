@@ -22,7 +22,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
 embedded-model: $(STAMP)
-	for phase in vae unet export; do OMP_NUM_THREADS=1 $(PY) -m adadiff.trainer.embedded.train --phase $$phase || exit 1; done
+	for phase in vae unet export; do OMP_NUM_THREADS=2 $(PY) -m adadiff.trainer.embedded.train --phase $$phase --threads 2 || exit 1; done
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/policy_speed.py

@@ -48,3 +48,22 @@ def test_cross_seed_oracle_does_not_win_when_needs_are_seed_noise():
     result = cross_seed_oracle(np.stack(seeds, axis=1), OPTIONS)
     assert result["iqs_drop_pct"] > 5
     assert abs(result["advantage_over_shuffled_in_se"]) < 2
+
+
+def test_summary_holds_the_issue_figures():
+    from adadiff.trainer.embedded.analyze import summarise
+    from adadiff.trainer.embedded.checker import PROPERTIES
+    from adadiff.trainer.embedded.split import held_out_prompts
+
+    prompts = list(held_out_prompts()[:40])
+    needs = np.array([45 if "grainy" in p.split() else 10 for p in prompts])
+    table = np.stack([saturating_table(needs)] * 2, axis=1)  # [P, seeds, O]
+    scores = {key: table for key in (*PROPERTIES, "alignment", "fidelity", "cleanliness", "grain", "iqs")}
+    truth = {key: np.ones((len(prompts), 2)) for key in (*PROPERTIES, "alignment")}
+    result = summarise(scores, truth, prompts, OPTIONS)
+    assert result["iqs_max_option_vs_truth"] == pytest.approx(1.0)
+    assert result["oracle_seed_agreement"] == 1.0 and result["oracle_variance_explained"] == pytest.approx(1.0)
+    assert result["oracle_mean_steps_grainy_or_not"] == {"grainy": 45.0, "not_grainy": 10.0}
+    assert set(result["cross_seed_oracle"]) >= {"mean_steps", "saving_pct", "iqs_drop_pct", "iqs",
+                                                "fixed_same_mean_iqs", "se"}
+    assert set(result["mean_iqs_by_steps"]) >= {"all", "simple"} and "mean_grain_by_steps" in result

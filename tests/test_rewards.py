@@ -260,9 +260,9 @@ def test_device_reaches_every_model_backend(tiny_clip, head_file):
 def test_toy_reward_is_the_embedded_worlds_scorer():
     from adadiff.trainer.embedded import ToyIQS
 
-    backend = build_reward("toy", device="cpu", reference_steps=40)  # device is for model backends: ignored here
-    assert type(backend) is ToyIQS and isinstance(backend, RewardBackend) and backend.reference_steps == 40
-    assert build_reward("composite:toy=1").reference_steps == ToyIQS().reference_steps
+    backend = build_reward("toy", device="cpu", grain_saturation=0.8)  # device is for model backends: ignored here
+    assert type(backend) is ToyIQS and isinstance(backend, RewardBackend) and backend.grain_saturation == 0.8
+    assert backend.reference_steps is None and build_reward("composite:toy=1").reference_steps is None
 
 
 def test_default_architectures_and_tags_exist_in_open_clip():

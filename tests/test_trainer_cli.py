@@ -24,7 +24,7 @@ guidance = 2.0
 device = "cpu"
 max-updates = 3
 [reward_settings]
-reference_steps = 5
+grain_saturation = 0.9
 """
 UNITS = 3 * 2 * 2  # chunks x seeds x options
 

@@ -72,7 +72,8 @@ def save_tiny_pipeline(folder: Path) -> Path:
 class ClosenessToReference:
     """A scorer that needs a reference image: IQS = 1 - mean absolute difference to the long-run image.
 
-    Like the SSIM-to-long-run quality the embedded world uses, it rises towards 1 as steps approach the reference.
+    It rises towards 1 as steps approach the reference, and exercises the generator's reference path (rendering,
+    storing and reusing the long-run images of a chunk), which backends with `reference_steps` take.
     """
 
     name = "closeness"

@@ -2,9 +2,8 @@
 
     python -m adadiff.trainer.embedded.analyze --out DIR
 
-Renders every held-out prompt at each step option (and at the scorer's reference step count) from the same
-noise per (prompt, seed), scores all images with ToyIQS, and writes DIR/analysis.json, DIR/grid.png and the raw
-scores DIR/scores.pt (reused by --reuse-scores).
+Renders every held-out prompt at each step option from the same noise per (prompt, seed), scores all images with
+ToyIQS, and writes DIR/analysis.json, DIR/grid.png and the raw scores DIR/scores.pt (reused by --reuse-scores).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from .checker import PROPERTIES
 from .grid import save_grid
 from .model import MODEL_DIR, load_embedded_pipeline
 from .sampling import GUIDANCE_SCALE, STEP_OPTIONS, render_steps
-from .scorer import ToyIQS, alignment_components
+from .scorer import CLEAN_TOLERANCE, ToyIQS, alignment_components
 from .split import held_out_prompts
 from .world import detail_level, render_batch
 
@@ -95,6 +94,12 @@ def cross_seed_oracle(iqs: np.ndarray, options: np.ndarray) -> dict:
     }
 
 
+def by_step_means(values: np.ndarray, options: np.ndarray, rows: np.ndarray | None = None) -> dict[str, float]:
+    """Mean of [P, seeds, O] values per step option, over all prompts or the selected rows."""
+    chosen = values if rows is None else values[rows]
+    return {str(s): float(chosen[:, :, j].mean()) if len(chosen) else float("nan") for j, s in enumerate(options)}
+
+
 def summarise(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], prompts: list[str],
               options: np.ndarray) -> dict:
     """All figures of analysis.json from scores [P, seeds, O] and ground-truth alignment parts [P, seeds]."""
@@ -104,6 +109,7 @@ def summarise(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], promp
     for key, row in accuracy.items():
         row["ratio"] = row["largest_option"] / row["ground_truth"] if row["ground_truth"] > 0 else 0.0
     levels = np.array([detail_level(p) for p in prompts])
+    grainy = np.array(["grainy" in p.split() for p in prompts])
     by_steps = {level: {str(s): float(iqs[levels == level][:, :, j].mean()) for j, s in enumerate(options)}
                 for level in ("simple", "medium", "detailed") if (levels == level).any()}
     oracle = np.stack([options[oracle_indices(iqs[:, s])] for s in range(iqs.shape[1])], axis=1)
@@ -116,9 +122,11 @@ def summarise(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], promp
         "iqs_max_option_vs_truth": accuracy["alignment"]["ratio"],
         "mean_iqs_by_steps": {"all": {str(s): float(iqs[:, :, j].mean()) for j, s in enumerate(options)}, **by_steps},
         "prompts_per_complexity": {level: int((levels == level).sum()) for level in by_steps},
-        "mean_fidelity_by_steps": {str(s): float(scores["fidelity"][:, :, j].mean()) for j, s in enumerate(options)},
-        "mean_alignment_by_steps": {str(s): float(scores["alignment"][:, :, j].mean()) for j, s in enumerate(options)},
+        **{f"mean_{part}_by_steps": by_step_means(scores[part], options, rows)
+           for part, rows in (("alignment", None), ("fidelity", None), ("cleanliness", None), ("grain", grainy))},
         "oracle_mean_steps_by_complexity": {level: float(oracle[levels == level].mean()) for level in by_steps},
+        "oracle_mean_steps_grainy_or_not": {"grainy": float(oracle[grainy].mean()) if grainy.any() else None,
+                                            "not_grainy": float(oracle[~grainy].mean()) if (~grainy).any() else None},
         "oracle_seed_agreement_exact": float((step_gap == 0).mean()),
         "oracle_seed_agreement": float((step_gap <= option_width).mean()),
         "oracle_variance_explained": share_explained_by_prompt(oracle.astype(float)),
@@ -126,12 +134,11 @@ def summarise(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], promp
     }
 
 
-def score_all(scorer: ToyIQS, images: torch.Tensor, references: torch.Tensor, prompts: list[str]) -> dict:
-    """images [P, O, 3, H, W], references [P, 3, H, W] -> dict of [P, O] arrays."""
+def score_all(scorer: ToyIQS, images: torch.Tensor, prompts: list[str]) -> dict:
+    """images [P, O, 3, H, W] -> dict of [P, O] arrays."""
     n_prompts, n_options = images.shape[:2]
     flat_prompts = [p for p in prompts for _ in range(n_options)]
-    flat_refs = references[:, None].expand(-1, n_options, -1, -1, -1).reshape(-1, *references.shape[1:])
-    parts = scorer.score(images.reshape(-1, *images.shape[2:]), flat_prompts, flat_refs)
+    parts = scorer.score(images.reshape(-1, *images.shape[2:]), flat_prompts)
     return {k: v.numpy().reshape(n_prompts, n_options) for k, v in parts.items()}
 
 
@@ -159,27 +166,30 @@ def main(argv: list[str] | None = None) -> None:
     scorer = ToyIQS()
     cache = args.out / "scores.pt"
     if args.reuse_scores:
-        saved = torch.load(cache, weights_only=False)
-        scores, truth, seconds = saved["scores"], saved["truth"], saved["seconds"]
+        saved = torch.load(cache, weights_only=True)
+        scores, truth = ({k: v.numpy() for k, v in saved[part].items()} for part in ("scores", "truth"))
+        seconds = saved["seconds"]
     else:
         pipe = load_embedded_pipeline(args.model)
         start = time.time()
         per_seed, truth_per_seed = [], []
         for seed in args.seeds:
-            images = render_steps(pipe, prompts, seed, [*STEP_OPTIONS, scorer.reference_steps], args.guidance)
-            per_seed.append(score_all(scorer, images[:, :-1], images[:, -1], prompts))
+            images = render_steps(pipe, prompts, seed, STEP_OPTIONS, args.guidance)
+            per_seed.append(score_all(scorer, images, prompts))
             gt = torch.from_numpy(render_batch(prompts, seed)).permute(0, 3, 1, 2)
             truth_per_seed.append({k: v.numpy() for k, v in alignment_components(gt, prompts).items()})
             if seed == args.seeds[0]:
-                save_grid(args.out / "grid.png", prompts, images, gt, [*STEP_OPTIONS, scorer.reference_steps])
+                save_grid(args.out / "grid.png", prompts, images, gt, STEP_OPTIONS)
         seconds = time.time() - start
         scores = {k: np.stack([s[k] for s in per_seed], axis=1) for k in per_seed[0]}
         truth = {k: np.stack([t[k] for t in truth_per_seed], axis=1) for k in truth_per_seed[0]}
-        torch.save({"scores": scores, "truth": truth, "prompts": prompts, "seconds": seconds}, cache)
+        torch.save({"scores": {k: torch.from_numpy(v) for k, v in scores.items()},
+                    "truth": {k: torch.from_numpy(v) for k, v in truth.items()}, "prompts": prompts,
+                    "seconds": seconds}, cache)
     result = summarise(scores, truth, prompts, options)
     result.update({"model": str(args.model), "guidance_scale": args.guidance, "render_and_score_seconds": seconds,
-                   "scorer": {"reference_steps": scorer.reference_steps, "ssim_saturation": scorer.ssim_saturation,
-                              "alignment_weight": scorer.alignment_weight}})
+                   "scorer": {"grain_saturation": scorer.grain_saturation, "alignment_weight": scorer.alignment_weight,
+                              "clean_tolerance": CLEAN_TOLERANCE}})
     (args.out / "analysis.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

@@ -3,6 +3,7 @@
 Every pixel is given the nearest shade of the world's palette (each object colour and its dark texture shade,
 each background colour and its pattern shade). The 2-pixel border ring, where the world never places objects,
 decides the background; the pixels of each caption colour decide that group's texture, count, size and shape.
+Grain is told from a plain fill by how much the pixels' brightness spreads around their palette shade.
 """
 
 from __future__ import annotations
@@ -11,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .world import BACKGROUND_COLOURS, BORDER, DARK, OBJECT_COLOURS, Group, Scene
+from .world import BACKGROUND_COLOURS, BORDER, DARK, GRAIN_STD, OBJECT_COLOURS, Group, Scene
 
 PROPERTIES = ("background", "colour", "texture", "size", "count", "shape")
 MIN_COLOUR_PIXELS = 4  # fewer pixels of a colour than this is speckle, not an object
 MIN_COMPONENT_PIXELS = 3
+GRAIN_PRESENT = 0.4 * GRAIN_STD  # brightness spread above this is grain (clean samples spread under a tenth)
 
 
 def _palette() -> tuple[np.ndarray, list[tuple[str, str, bool]]]:
@@ -41,6 +43,14 @@ def nearest_shades(images: np.ndarray) -> np.ndarray:
     return distance.argmin(-1)
 
 
+def grain_spread(image: np.ndarray, shades: np.ndarray, region: np.ndarray) -> float:
+    """Std of the brightness offset of `region`'s pixels from their palette shade (0 for a clean flat fill)."""
+    if region.sum() < 2:
+        return 0.0
+    offset = (image[region] - PALETTE[shades[region]]).mean(-1)
+    return float(offset.std())
+
+
 def connected_components(mask: np.ndarray) -> list[np.ndarray]:
     """4-connected components of a boolean mask, each as a boolean mask (label propagation)."""
     height, width = mask.shape
@@ -63,8 +73,9 @@ class Background:
     pattern: str
 
 
-def read_background(shades: np.ndarray) -> Background:
-    """Background colour by vote over the border ring; pattern from how shades alternate along it."""
+def read_background(image: np.ndarray, shades: np.ndarray) -> Background:
+    """Background colour by vote over the border ring; pattern from how shades alternate along it, or from the
+    brightness spread of an unpatterned ring (grain)."""
     ring = np.zeros(shades.shape, dtype=bool)
     ring[:BORDER], ring[-BORDER:], ring[:, :BORDER], ring[:, -BORDER:] = True, True, True, True
     on_ring = shades[ring]
@@ -73,7 +84,8 @@ def read_background(shades: np.ndarray) -> Background:
     colour = max(votes, key=votes.get)
     alt = (SHADE_KIND[shades] == "background") & (SHADE_COLOUR[shades] == colour) & SHADE_IS_DARK[shades]
     if alt[ring].mean() < 0.15:
-        return Background(colour, "plain")
+        main = ring & (SHADE_KIND[shades] == "background") & (SHADE_COLOUR[shades] == colour)
+        return Background(colour, "grainy" if grain_spread(image, shades, main) > GRAIN_PRESENT else "plain")
     rows = np.concatenate([alt[:BORDER], alt[-BORDER:]])
     columns = np.concatenate([alt[:, :BORDER], alt[:, -BORDER:]], axis=1)
     vertical_changes = (columns[1:] != columns[:-1]).mean()
@@ -89,12 +101,13 @@ def interior(mask: np.ndarray) -> np.ndarray:
     return inside if inside.sum() >= 3 else mask
 
 
-def read_texture(colour_mask: np.ndarray, dark_mask: np.ndarray) -> str:
-    """Solid, dotted, striped (horizontal) or checkered, from the share of dark pixels and their run directions.
-    Solid is decided away from the outline, where an object blending into the background looks dark."""
+def read_texture(image: np.ndarray, shades: np.ndarray, colour_mask: np.ndarray, dark_mask: np.ndarray) -> str:
+    """Solid or grainy (by brightness spread), dotted, striped (horizontal) or checkered, from the share of dark
+    pixels and their run directions. Unpatterned fills are judged away from the outline, where an object blending
+    into the background looks dark."""
     inner = interior(colour_mask)
     if (dark_mask & inner).sum() / inner.sum() < 0.03:
-        return "solid"
+        return "grainy" if grain_spread(image, shades, inner & ~dark_mask) > GRAIN_PRESENT else "solid"
     if dark_mask[colour_mask].mean() < 0.28:
         return "dotted"
     across = colour_mask[:, 1:] & colour_mask[:, :-1]
@@ -125,7 +138,7 @@ def _majority(values: list[str]) -> str | None:
     return max(sorted(set(values)), key=values.count) if values else None
 
 
-def check_group(shades: np.ndarray, group: Group) -> dict[str, float]:
+def check_group(image: np.ndarray, shades: np.ndarray, group: Group) -> dict[str, float]:
     """Texture, count, size and shape of one caption group, each 1.0 (right) or 0.0 (wrong or absent)."""
     colour_mask = (SHADE_KIND[shades] == "object") & (SHADE_COLOUR[shades] == group.colour)
     if colour_mask.sum() < MIN_COLOUR_PIXELS:
@@ -133,7 +146,7 @@ def check_group(shades: np.ndarray, group: Group) -> dict[str, float]:
     dark_mask = colour_mask & SHADE_IS_DARK[shades]
     components = [c for c in connected_components(colour_mask) if c.sum() >= MIN_COMPONENT_PIXELS]
     return {
-        "texture": float(read_texture(colour_mask, dark_mask) == group.texture),
+        "texture": float(read_texture(image, shades, colour_mask, dark_mask) == group.texture),
         "count": float(len(components) == group.count),
         "size": float(_majority([read_size(c) for c in components]) == group.size),
         "shape": float(_majority([read_shape(c) for c in components]) == group.shape),
@@ -147,11 +160,11 @@ def check(image: np.ndarray, scene: Scene) -> dict[str, float]:
     MIN_COLOUR_PIXELS pixels) and those captioned. texture, count, size, shape: share of groups that are right.
     """
     shades = nearest_shades(image[None])[0]
-    background = read_background(shades)
+    background = read_background(image, shades)
     objects = SHADE_KIND[shades] == "object"
     seen = {c for c in OBJECT_COLOURS if (objects & (SHADE_COLOUR[shades] == c)).sum() >= MIN_COLOUR_PIXELS}
     wanted = {g.colour for g in scene.groups}
-    groups = [check_group(shades, g) for g in scene.groups]
+    groups = [check_group(image, shades, g) for g in scene.groups]
     result = {
         "background": float(background == Background(scene.background_colour, scene.background_pattern)),
         "colour": len(seen & wanted) / len(seen | wanted),

@@ -13,7 +13,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 STEP_OPTIONS = tuple(range(5, 55, 5))
-GUIDANCE_SCALE = 1.0  # the analysis runs without classifier-free guidance (half the cost); see README
+GUIDANCE_SCALE = 2.0  # best caption alignment at 50 steps on 128 training prompts among 1, 2, 3, 4
 
 
 def initial_latents(pipe: StableDiffusionPipeline, n_prompts: int, seed: int) -> torch.Tensor:
