@@ -22,7 +22,7 @@ from .model import MODEL_DIR, load_embedded_pipeline
 from .sampling import GUIDANCE_SCALE, STEP_OPTIONS, render_steps
 from .scorer import CLEAN_TOLERANCE, ToyIQS, alignment_components
 from .split import held_out_prompts
-from .world import detail_level, render_batch
+from .world import detail_level, parse_caption, render_batch
 
 ORACLE_TOLERANCE = 0.01  # an option is good enough when its IQS is within 1% of the prompt's best
 
@@ -109,7 +109,7 @@ def summarise(scores: dict[str, np.ndarray], truth: dict[str, np.ndarray], promp
     for key, row in accuracy.items():
         row["ratio"] = row["largest_option"] / row["ground_truth"] if row["ground_truth"] > 0 else 0.0
     levels = np.array([detail_level(p) for p in prompts])
-    grainy = np.array(["grainy" in p.split() for p in prompts])
+    grainy = np.array([parse_caption(p).has_grain() for p in prompts])
     by_steps = {level: {str(s): float(iqs[levels == level][:, :, j].mean()) for j, s in enumerate(options)}
                 for level in ("simple", "medium", "detailed") if (levels == level).any()}
     oracle = np.stack([options[oracle_indices(iqs[:, s])] for s in range(iqs.shape[1])], axis=1)

@@ -20,6 +20,7 @@ from .model import MODEL_DIR, load_embedded_pipeline
 from .sampling import GUIDANCE_SCALE, STEP_OPTIONS, render_steps
 from .scorer import ToyIQS
 from .split import train_prompts
+from .world import parse_caption
 
 CALIBRATION_SEED = 7  # noise seed used only here
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     pipe = load_embedded_pipeline(args.model)
-    prompts = [c for c in train_prompts(args.prompts, seed=CALIBRATION_SEED) if "grainy" in c.split()]
+    prompts = [c for c in train_prompts(args.prompts, seed=CALIBRATION_SEED) if parse_caption(c).has_grain()]
     steps = [STEP_OPTIONS[0], STEP_OPTIONS[1], STEP_OPTIONS[len(STEP_OPTIONS) // 2], STEP_OPTIONS[-1]]
     images = render_steps(pipe, prompts, CALIBRATION_SEED, steps, args.guidance)
     unsaturated = ToyIQS(grain_saturation=1.0)

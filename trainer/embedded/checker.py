@@ -43,6 +43,11 @@ def nearest_shades(images: np.ndarray) -> np.ndarray:
     return distance.argmin(-1)
 
 
+def shade_region(shades: np.ndarray, kind: str, colour: str) -> np.ndarray:
+    """Pixels whose nearest shade is one of `colour`'s shades (base or dark) of `kind` (object or background)."""
+    return (SHADE_KIND[shades] == kind) & (SHADE_COLOUR[shades] == colour)
+
+
 def grain_spread(image: np.ndarray, shades: np.ndarray, region: np.ndarray) -> float:
     """Std of the brightness offset of `region`'s pixels from their palette shade (0 for a clean flat fill)."""
     if region.sum() < 2:
@@ -79,13 +84,12 @@ def read_background(image: np.ndarray, shades: np.ndarray) -> Background:
     ring = np.zeros(shades.shape, dtype=bool)
     ring[:BORDER], ring[-BORDER:], ring[:, :BORDER], ring[:, -BORDER:] = True, True, True, True
     on_ring = shades[ring]
-    votes = {name: int(((SHADE_KIND[on_ring] == "background") & (SHADE_COLOUR[on_ring] == name)).sum())
-             for name in BACKGROUND_COLOURS}
+    votes = {name: int(shade_region(on_ring, "background", name).sum()) for name in BACKGROUND_COLOURS}
     colour = max(votes, key=votes.get)
-    alt = (SHADE_KIND[shades] == "background") & (SHADE_COLOUR[shades] == colour) & SHADE_IS_DARK[shades]
+    region = shade_region(shades, "background", colour)
+    alt = region & SHADE_IS_DARK[shades]
     if alt[ring].mean() < 0.15:
-        main = ring & (SHADE_KIND[shades] == "background") & (SHADE_COLOUR[shades] == colour)
-        return Background(colour, "grainy" if grain_spread(image, shades, main) > GRAIN_PRESENT else "plain")
+        return Background(colour, "grainy" if grain_spread(image, shades, ring & region) > GRAIN_PRESENT else "plain")
     rows = np.concatenate([alt[:BORDER], alt[-BORDER:]])
     columns = np.concatenate([alt[:, :BORDER], alt[:, -BORDER:]], axis=1)
     vertical_changes = (columns[1:] != columns[:-1]).mean()
@@ -140,7 +144,7 @@ def _majority(values: list[str]) -> str | None:
 
 def check_group(image: np.ndarray, shades: np.ndarray, group: Group) -> dict[str, float]:
     """Texture, count, size and shape of one caption group, each 1.0 (right) or 0.0 (wrong or absent)."""
-    colour_mask = (SHADE_KIND[shades] == "object") & (SHADE_COLOUR[shades] == group.colour)
+    colour_mask = shade_region(shades, "object", group.colour)
     if colour_mask.sum() < MIN_COLOUR_PIXELS:
         return {"texture": 0.0, "count": 0.0, "size": 0.0, "shape": 0.0}
     dark_mask = colour_mask & SHADE_IS_DARK[shades]

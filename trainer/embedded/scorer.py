@@ -25,7 +25,7 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .checker import PALETTE, PROPERTIES, SHADE_COLOUR, SHADE_IS_DARK, SHADE_KIND, check, grain_spread, nearest_shades
+from .checker import PALETTE, PROPERTIES, SHADE_IS_DARK, check, grain_spread, nearest_shades, shade_region
 from .world import GRAIN_STD, Scene, parse_caption
 
 ALIGNMENT_WEIGHT = 0.5
@@ -46,8 +46,7 @@ def grainy_regions(shades: np.ndarray, scene: Scene) -> list[np.ndarray]:
     """Masks of the pixels the caption says are grainy: the background's main shade, each grainy group's colour."""
     wanted = [("background", scene.background_colour)] if scene.background_pattern == "grainy" else []
     wanted += [("object", g.colour) for g in scene.groups if g.texture == "grainy"]
-    return [(SHADE_KIND[shades] == kind) & (SHADE_COLOUR[shades] == colour) & ~SHADE_IS_DARK[shades]
-            for kind, colour in wanted]
+    return [shade_region(shades, kind, colour) & ~SHADE_IS_DARK[shades] for kind, colour in wanted]
 
 
 def fidelity_parts(image: np.ndarray, scene: Scene, grain_saturation: float = GRAIN_SATURATION) -> dict[str, float]:

@@ -76,6 +76,9 @@ class Scene:
     background_pattern: str
     background_colour: str
 
+    def has_grain(self) -> bool:
+        return self.background_pattern == "grainy" or any(g.texture == "grainy" for g in self.groups)
+
     def caption(self) -> str:
         objects = " and ".join(g.phrase() for g in self.groups)
         return f"{objects} on a {self.background_pattern} {self.background_colour} background"
