@@ -1,4 +1,8 @@
-"""From a prompt batch to one step count: argmax, a quality/speed knob, user limits, one count per batch."""
+"""From a prompt batch to one step count: the policy's rule, a quality/speed knob, user limits, one count per batch.
+
+The rule depends on the policy's objective (see :mod:`.network`): a REINFORCE policy takes the argmax of its
+distribution, a quality policy the fewest steps whose predicted quality loss is within its tolerance.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,6 +15,8 @@ from .network import StepPolicy
 
 # Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
 QUALITY_BIAS_SCALE = 5.0
+# Quality policies: quality_bias b divides the tolerance by TOLERANCE_BIAS_BASE ** b (1 -> a tenth, -1 -> ten times).
+TOLERANCE_BIAS_BASE = 10.0
 
 
 @dataclass(frozen=True)
@@ -19,14 +25,22 @@ class StepChoice:
 
     steps: int  # the count the sampler should run: the most demanding prompt's
     per_prompt: tuple[int, ...]  # each prompt's own count, after bias and limits
-    probs: torch.Tensor  # [B, n_options] fp32 CPU, the policy's distribution before the knob
+    probs: torch.Tensor | None  # [B, n_options] fp32 CPU, a REINFORCE policy's distribution before the knob
     options: tuple[int, ...]
+    predicted_loss_pct: torch.Tensor | None = None  # [B, n_options] a quality policy's predicted losses, in %
+    tolerance_pct: float | None = None  # the loss a quality policy accepted, after the knob
 
     def summary(self) -> str:
-        """One readable line per prompt: chosen steps and the distribution."""
-        lines = [f"AdaDiff: {self.steps} steps"]
-        for index, (steps, probs) in enumerate(zip(self.per_prompt, self.probs.tolist())):
-            dist = ", ".join(f"{o}:{p:.2f}" for o, p in zip(self.options, probs))
+        """One readable line per prompt: chosen steps and what the policy saw in each option."""
+        if self.predicted_loss_pct is None:
+            lines = [f"AdaDiff: {self.steps} steps"]
+            rows, unit = self.probs.tolist(), "{:.2f}"
+        else:
+            lines = [f"AdaDiff: {self.steps} steps (fewest whose predicted quality is within {self.tolerance_pct:.2g}% "
+                     f"of {self.options[-1]} steps; predicted loss in % per option)"]
+            rows, unit = self.predicted_loss_pct.tolist(), "{:.2f}%"
+        for index, (steps, row) in enumerate(zip(self.per_prompt, rows)):
+            dist = ", ".join(f"{o}:{unit.format(v)}" for o, v in zip(self.options, row))
             lines.append(f"prompt {index}: {steps} steps ({dist})")
         return "\n".join(lines)
 
@@ -49,7 +63,8 @@ def check_features(policy: StepPolicy, features: PolicyFeatures) -> None:
 
 @torch.inference_mode()
 def option_logits(policy: StepPolicy, conditioning) -> torch.Tensor:
-    """The policy's logits [B, n] in fp32 on CPU, whatever host, device and dtype the conditioning came from."""
+    """The policy's head outputs [B, n] in fp32 on CPU (logits, or a quality policy's predicted losses in %),
+    whatever host, device and dtype the conditioning came from."""
     features = policy_features(conditioning)
     check_features(policy, features)
     device = next(policy.parameters()).device
@@ -78,23 +93,37 @@ def choose_steps(
     """Pick a step count for a prompt batch.
 
     ``quality_bias`` shifts choices without retraining: positive values favour more steps, negative fewer, 0 is
-    the policy as trained. For each prompt the choice is ``argmax(log p + bias * position)``, where position runs
-    from 0 (fewest-step option) to 1 (most); the argmax of lines with increasing slopes never moves to fewer steps
-    as the bias grows, so the knob is monotonic. ``min_steps``/``max_steps`` then clamp each count.
+    the policy as trained; more bias never gives fewer steps. A REINFORCE policy takes
+    ``argmax(log p + bias * position)``, where position runs from 0 (fewest-step option) to 1 (most): the argmax of
+    lines with increasing slopes never moves to fewer steps as the bias grows. A quality policy accepts a loss of
+    ``tolerance / 10 ** bias`` (bias 1: a tenth of its tolerance; -1: ten times). ``min_steps``/``max_steps`` then
+    clamp each count.
     """
     if min_steps is not None and max_steps is not None and min_steps > max_steps:
         raise ValueError(f"min_steps ({min_steps}) is larger than max_steps ({max_steps})")
-    logits = option_logits(policy, conditioning)
+    outputs = option_logits(policy, conditioning)
     options = policy.config.options
-    log_probs = torch.log_softmax(logits, -1)
-    position = torch.tensor([(o - options[0]) / (options[-1] - options[0]) for o in options])
-    scores = log_probs + quality_bias * QUALITY_BIAS_SCALE * position
+    if policy.config.objective == "quality":
+        tolerance = policy.config.tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias
+        indices = first_within(outputs, tolerance)
+        extras = {"probs": None, "predicted_loss_pct": outputs, "tolerance_pct": tolerance}
+    else:
+        log_probs = torch.log_softmax(outputs, -1)
+        position = torch.tensor([(o - options[0]) / (options[-1] - options[0]) for o in options])
+        indices = (log_probs + quality_bias * QUALITY_BIAS_SCALE * position).argmax(-1)
+        extras = {"probs": log_probs.exp()}
     per_prompt = []
-    for index in scores.argmax(-1).tolist():
+    for index in indices.tolist():
         steps = options[index]
         if min_steps is not None:
             steps = max(steps, min_steps)
         if max_steps is not None:
             steps = min(steps, max_steps)
         per_prompt.append(steps)
-    return StepChoice(max(per_prompt), tuple(per_prompt), log_probs.exp(), options)
+    return StepChoice(max(per_prompt), tuple(per_prompt), options=options, **extras)
+
+
+def first_within(losses: torch.Tensor, tolerance: float) -> torch.Tensor:
+    """Per row of predicted losses [B, n], the first (fewest-step) option within ``tolerance``; the largest option
+    always qualifies (its loss is 0 by definition)."""
+    return (losses <= tolerance).to(torch.uint8).argmax(-1)

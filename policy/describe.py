@@ -18,6 +18,7 @@ def describe(path: Path) -> str:
         f"  reads:          {config['token_dim']}-wide token states"
         + (f" and a {config['pooled_dim']}-wide pooled vector" if config["pooled_dim"] else " (no pooled vector)"),
         f"  network:        {config['depth']} attention layers, width {config['width']}, {config['heads']} heads",
+        f"  decides by:     {_decision_rule(config)}",
         f"  model family:   {info.get('model_family', 'not recorded')}",
         f"  base model:     {base.get('name', 'not recorded')}"
         + (f" (fingerprint {base['fingerprint']})" if base.get("fingerprint") else ""),
@@ -27,3 +28,11 @@ def describe(path: Path) -> str:
         text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) and value else "not recorded"
         lines.append(f"  {key + ':':15} {text}")
     return "\n".join(lines)
+
+
+def _decision_rule(config: dict) -> str:
+    """The objective in words: what the policy's choice promises."""
+    if config["objective"] == "quality":
+        return (f"predicted quality (the fewest steps whose IQS is predicted within {config['tolerance_pct']:g}% of "
+                f"{config['options'][-1]} steps; the quality knob divides that by 10 per unit)")
+    return "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"

@@ -3,6 +3,14 @@
 The paper's shape (3 attention layers, pooling, MLP) at a width that keeps the file a few MB and a decision far
 below one UNet step. Hosts' CLIP states carry a few huge-magnitude channels, so the input is layer-normalised
 before projection.
+
+Two kinds of head, named by ``PolicyConfig.objective``:
+
+* ``reinforce`` (the paper's): one logit per step option; the decision is the argmax.
+* ``quality``: the predicted quality loss of each option against the largest one, in percent of its IQS, made
+  monotone by construction (every option below the largest adds a non-negative increment to the next one's loss,
+  so fewer steps never predict better quality). The decision is the fewest steps whose predicted loss is within
+  the tolerance, a number a user can read ("accept up to 1% less IQS").
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import torch
 from torch import nn
 
 PAPER_OPTIONS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
+OBJECTIVES = ("reinforce", "quality")
 
 
 # Upper bounds that keep a crafted file from making the loader allocate gigabytes.
@@ -37,6 +46,8 @@ class PolicyConfig:
     heads: int = 4
     ff_mult: int = 2
     dropout: float = 0.1
+    objective: str = "reinforce"  # files written before objectives existed are REINFORCE policies
+    tolerance_pct: float = 1.0  # quality objective: accepted loss against the largest option, % of its IQS
 
     def __post_init__(self):
         object.__setattr__(self, "options", tuple(_whole_number("step option", o) for o in self.options))
@@ -53,6 +64,10 @@ class PolicyConfig:
         for name in ("token_dim", "width", "depth", "heads", "ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not 0.0 < float(self.tolerance_pct) < 100.0:
+            raise ValueError(f"tolerance_pct must be between 0 and 100, got {self.tolerance_pct}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")
 
@@ -96,18 +111,30 @@ class StepPolicy(nn.Module):
             self.pooled_norm = nn.LayerNorm(config.pooled_dim)
             self.pooled_proj = nn.Linear(config.pooled_dim, config.width)
         head_in = config.width * (2 if config.pooled_dim else 1)
-        self.head = nn.Sequential(nn.Linear(head_in, config.width), nn.GELU(), nn.Linear(config.width, len(config.options)))
+        # the quality head predicts n - 1 increments: the largest option's loss against itself is 0 by definition
+        outputs = len(config.options) - (config.objective == "quality")
+        self.head = nn.Sequential(nn.Linear(head_in, config.width), nn.GELU(), nn.Linear(config.width, outputs))
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens [B, T, D] fp32, mask [B, T] bool (True = real token), pooled [B, P] or None -> logits [B, n]."""
-        x = self.token_proj(self.token_norm(tokens))
+        """tokens [B, T, D] fp32, mask [B, T] bool (True = real token), pooled [B, P] or None -> head outputs:
+        logits [B, n] (reinforce) or predicted losses [B, n] in % (quality)."""
+        return self.forward_normalised(nn.functional.layer_norm(tokens, tokens.shape[-1:]), mask, pooled)
+
+    def forward_normalised(self, normalised: torch.Tensor, mask: torch.Tensor,
+                           pooled: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` for token states already layer-normalised without affine terms (``normalise_tokens``); the
+        trainer normalises a table once instead of on every pass."""
+        x = self.token_proj(normalised * self.token_norm.weight + self.token_norm.bias)
         padding = None if bool(mask.all()) else ~mask  # no mask to apply in the common case: attention skips it
         x = self.out_norm(self.encoder(x, src_key_padding_mask=padding))
         weights = mask.unsqueeze(-1).to(x.dtype)
         summary = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         if self.config.pooled_dim:
             summary = torch.cat([summary, self.pooled_proj(self.pooled_norm(pooled))], -1)
-        return self.head(summary)
+        out = self.head(summary)
+        if self.config.objective == "quality":
+            return monotone_losses(out)
+        return out
 
     @property
     def name(self) -> str:
@@ -115,6 +142,17 @@ class StepPolicy(nn.Module):
         if self.source:
             return Path(self.source).name
         return f"unsaved policy for {self.info.get('model_family', 'unknown model')}"
+
+
+def monotone_losses(increments: torch.Tensor) -> torch.Tensor:
+    """Raw outputs [B, n-1] -> losses [B, n], non-increasing along the options and 0 at the largest."""
+    steps_down = nn.functional.softplus(increments).flip(-1).cumsum(-1).flip(-1)
+    return torch.cat([steps_down, steps_down.new_zeros(steps_down.shape[:-1] + (1,))], -1)
+
+
+def normalise_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Layer norm without affine terms, as the policy's first step applies it (its affine part stays learnable)."""
+    return nn.functional.layer_norm(tokens.float(), tokens.shape[-1:])
 
 
 def init_policy(config: PolicyConfig, seed: int = 0, info: dict | None = None) -> StepPolicy:

@@ -115,3 +115,46 @@ def test_cuda_policy_matches_cpu():
     cpu = option_logits(policy, conditioning)
     gpu = option_logits(policy.cuda(), conditioning.cuda().half())
     assert torch.allclose(cpu, gpu, atol=0.05)
+
+
+class FixedLosses(StepPolicy):
+    """A real quality-objective StepPolicy whose forward pass returns given predicted losses (in %)."""
+
+    def __init__(self, losses: torch.Tensor, options, tolerance_pct=1.0):
+        super().__init__(PolicyConfig(options=tuple(options), width=8, heads=1, depth=1, objective="quality",
+                                      tolerance_pct=tolerance_pct))
+        self.fixed = losses
+
+    def forward(self, tokens, mask, pooled=None):
+        return self.fixed.expand(tokens.shape[0], -1) if self.fixed.dim() == 1 else self.fixed
+
+
+def test_a_quality_policy_takes_the_fewest_steps_within_its_tolerance():
+    policy = FixedLosses(torch.tensor([[30.0, 4.0, 0.9, 0.2, 0.0], [0.5, 0.3, 0.08, 0.0, 0.0]]), (10, 20, 30, 40, 50))
+    choice = choose_steps(policy, torch.randn(2, 77, 768))
+    assert choice.per_prompt == (30, 10) and choice.steps == 30 and choice.probs is None
+    assert choice.tolerance_pct == 1.0
+    assert "within 1% of 50 steps" in choice.summary() and "prompt 0: 30 steps (10:30.00%, 20:4.00%" in choice.summary()
+    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=1.0).per_prompt == (50, 30)  # 0.1%
+    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=-1.0).per_prompt == (20, 10)  # 10%
+    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=float("inf")).per_prompt == (50, 40)
+
+
+def test_a_quality_policy_reads_its_own_tolerance():
+    losses = torch.tensor([6.0, 2.0, 0.0])
+    assert choose_steps(FixedLosses(losses, (5, 10, 15), tolerance_pct=1.0), torch.randn(1, 77, 768)).steps == 15
+    assert choose_steps(FixedLosses(losses, (5, 10, 15), tolerance_pct=3.0), torch.randn(1, 77, 768)).steps == 10
+
+
+@settings(max_examples=100, deadline=None)
+@given(raw=st.lists(st.floats(-10, 10), min_size=9, max_size=9), biases=st.lists(st.floats(-3, 3), min_size=2,
+                                                                                   max_size=6))
+def test_a_quality_policy_is_monotonic_in_the_knob_through_its_real_head(raw, biases):
+    policy = init_policy(PolicyConfig(options=tuple(range(5, 55, 5)), objective="quality", width=8, heads=1, depth=1))
+    with torch.no_grad():
+        policy.head[-1].weight.zero_()
+        policy.head[-1].bias.copy_(torch.tensor(raw))
+    losses = option_logits(policy, torch.randn(1, 77, 768))[0]
+    assert losses[-1] == 0 and bool((losses[:-1] >= losses[1:]).all())  # monotone head, 0 at the largest option
+    steps = [choose_steps(policy, torch.randn(1, 77, 768), quality_bias=b).steps for b in sorted(biases)]
+    assert steps == sorted(steps)

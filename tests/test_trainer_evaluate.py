@@ -38,7 +38,8 @@ def test_every_comparison_matches_the_hand_computation(seeds):
     assert report["random_same_distribution"]["iqs"] == approx((0.9 + 0.7 + 0.525 + 0.9125) / 4)
     assert report["heuristic_wordcount"]["mean_steps"] == approx(17.5)  # shortest prompts got the fewest steps
     assert report["heuristic_wordcount"]["iqs"] == approx(0.9)
-    assert report["oracle"] == {"mean_steps": approx(17.5), "iqs": approx(0.9), "time_s": approx(0.175)}
+    assert report["oracle"] == {"mean_steps": approx(17.5), "iqs": approx(0.9), "time_s": approx(0.175),
+                                "steps_sd": approx(torch.tensor([10.0, 20, 30, 10]).std().item())}
     assert report["saving_vs_max"]["steps_pct"] == approx(100 * (1 - 17.5 / 30))
     assert report["saving_vs_max"]["time_pct"] == approx(100 * (1 - 0.175 / 0.3))
     assert report["iqs_drop_vs_max_pct"] == approx(0.0) and report["share_of_oracle_saving"] == approx(1.0)
@@ -47,12 +48,55 @@ def test_every_comparison_matches_the_hand_computation(seeds):
     assert report["checks"]["saving_at_least_40pct"] and report["checks"]["iqs_drop_at_most_1pct"]
 
 
-def test_a_constant_choice_is_no_better_than_its_fixed_option():
+def test_a_constant_choice_is_no_better_than_its_fixed_option_and_the_verdict_names_a_fixed_count():
     report = evaluate_choices(hand_table(), torch.tensor([1, 1, 1, 1]))
     assert report["fixed_matched"]["options"] == [20] and report["fixed_matched"]["policy_minus"] == 0
     assert report["random_same_distribution"]["policy_minus"] == 0
     assert not report["checks"]["beats_random_same_distribution_by_2se"]
     assert report["oracle"]["mean_steps"] == pytest.approx(17.5)
+    # fixed means 0.65, 0.8375, 0.9: only 30 steps is within 1% of the largest option
+    assert report["fixed_within_tolerance"]["steps"] == 30
+    assert report["verdict"] == {"per_prompt_pays_off": False, "recommended_fixed_steps": 30,
+                                 "summary": pytest.approx(report["verdict"]["summary"])}
+    assert "do not pay off" in report["verdict"]["summary"] and "fixed 30 steps" in report["verdict"]["summary"]
+
+
+def test_the_oracle_and_the_fixed_recommendation_follow_the_tolerance():
+    table = hand_table()
+    assert evaluate_choices(table, torch.tensor([0, 1, 2, 0]), tolerance_pct=10.0)["fixed_within_tolerance"]["steps"] == 20
+    assert evaluate_choices(table, torch.tensor([0, 1, 2, 0]), tolerance_pct=30.0)["fixed_within_tolerance"]["steps"] == 10
+    # at 40%, prompt 2 (0.3, 0.6, 0.9) needs only 20 steps (33% less), prompt 1 (0.5, 0.9, 0.9) still 20 (44% at 10)
+    lenient = evaluate_choices(table, torch.tensor([0, 1, 2, 0]), tolerance_pct=40.0)
+    assert lenient["oracle"]["mean_steps"] == pytest.approx((10 + 20 + 20 + 10) / 4)
+
+
+def two_seed_table(quality) -> RewardTable:
+    iqs = torch.tensor(quality, dtype=torch.float32)  # [N, 2 seeds, 2 options]
+    features = PolicyFeatures(torch.randn(len(iqs), 3, 8).half(), torch.ones(len(iqs), 3, dtype=torch.bool))
+    return RewardTable(tuple(f"p{i}" for i in range(len(iqs))), (10, 20), (0, 1), features, iqs, {},
+                       torch.ones_like(iqs), {})
+
+
+def test_the_cross_seed_oracle_chooses_on_one_seed_and_is_judged_on_the_other():
+    # prompt 0: seed 0 says 10 steps suffice, seed 1 that they lose half; prompt 1: both seeds need 20 steps
+    table = two_seed_table([[[1.0, 1.0], [0.5, 1.0]], [[0.5, 1.0], [0.5, 1.0]]])
+    report = evaluate_choices(table, torch.tensor([1, 1]))
+    cross = report["cross_seed_oracle"]
+    assert cross["mean_steps"] == pytest.approx((10 + 20 + 20 + 20) / 4)
+    assert cross["iqs"] == pytest.approx(((0.5 + 1.0) / 2 + 1.0) / 2)  # 10 steps judged on seed 1 gives 0.5
+    assert cross["iqs_drop_pct"] == pytest.approx(12.5)
+    assert cross["share_of_spread_from_prompt"] is None  # seed 1's choices do not vary
+    assert report["oracle"]["mean_steps"] == 20  # seed-averaged: prompt 0 loses 25% at 10 steps
+    assert evaluate_choices(hand_table(), torch.tensor([0, 1, 2, 0]))["cross_seed_oracle"] is None
+
+
+def test_a_prompt_driven_oracle_repeats_across_seed_halves():
+    easy, hard = [[1.0, 1.0], [0.99, 1.0]], [[0.5, 1.0], [0.6, 1.0]]
+    table = two_seed_table([easy, hard, easy, hard])
+    cross = evaluate_choices(table, torch.tensor([0, 1, 0, 1]))["cross_seed_oracle"]
+    assert cross["share_of_spread_from_prompt"] == pytest.approx(1.0)
+    # easy prompts take 10 steps on either half; judged on seed 1 they score 0.99, on seed 0 1.0: 0.25% over all four
+    assert cross["iqs_drop_pct"] == pytest.approx(0.25, abs=1e-4)
 
 
 def test_a_policy_is_judged_through_the_hosts_decision_code(tmp_path):

@@ -1,11 +1,12 @@
-"""REINFORCE on a cached table: the paper's reward term by term, determinism, early stopping, and that it learns."""
+"""Fitting on a cached table: the paper's reward term by term, the quality objective's targets, determinism, early
+stopping, and that both objectives learn."""
 import pytest
 import torch
 
-from adadiff.policy import PolicyFeatures
+from adadiff.policy import PolicyFeatures, choose_steps
 from adadiff.trainer.config import FitSettings, TrainerInputError
-from adadiff.trainer.fit import (fit_policy, in_top_k, normalised_quality, option_rewards, split_indices,
-                                 step_saving)
+from adadiff.trainer.fit import (fit_policy, in_top_k, normalised_quality, option_rewards, quality_loss_pct,
+                                 split_indices, step_saving)
 from adadiff.trainer.table import RewardTable
 
 OPTIONS = (10, 20, 30, 40)
@@ -35,12 +36,28 @@ def test_reward_follows_the_paper_and_averages_seeds():
     torch.testing.assert_close(option_rewards(iqs, OPTIONS, settings), ((seed0 + seed1) / 2)[None])
 
 
+def test_quality_target_is_the_seed_averaged_loss_against_the_largest_option_in_percent():
+    iqs = torch.tensor([[[0.5, 0.9, 1.0], [0.7, 0.9, 0.8]]])  # seed means 0.6, 0.9, 0.9
+    torch.testing.assert_close(quality_loss_pct(iqs), torch.tensor([[100 * 0.3 / 0.9, 0.0, 0.0]]))
+    better_than_largest = torch.tensor([[[1.0, 0.5]]])
+    assert quality_loss_pct(better_than_largest)[0, 0] == pytest.approx(-100.0)
+
+
 def test_split_is_seeded_disjoint_and_needs_two_prompts():
     train, val = split_indices(10, 0.2, seed=3)
     assert len(val) == 2 and sorted(train.tolist() + val.tolist()) == list(range(10))
     assert torch.equal(split_indices(10, 0.2, seed=3)[1], val)
     with pytest.raises(TrainerInputError, match="at least 2"):
         split_indices(1, 0.2, seed=0)
+
+
+def test_a_repeated_prompt_never_sits_on_both_sides_of_the_split():
+    prompts = [f"p{i % 7}" for i in range(40)]  # every text several times
+    train, val = split_indices(40, 0.3, seed=0, prompts=prompts)
+    assert {prompts[i] for i in train.tolist()}.isdisjoint({prompts[i] for i in val.tolist()})
+    assert sorted(train.tolist() + val.tolist()) == list(range(40)) and len(val) > 0
+    with pytest.raises(TrainerInputError, match="1 distinct"):
+        split_indices(3, 0.3, seed=0, prompts=["same"] * 3)
 
 
 def two_kinds_table(n=96, signal=4.0, seed=0) -> RewardTable:
@@ -61,39 +78,61 @@ SMALL = dict(policy_width=16, policy_depth=1, fit_batch_size=16, val_fraction=0.
 
 
 @pytest.mark.parametrize("estimator", ["exact", "sampled"])
-def test_it_learns_to_give_each_kind_of_prompt_its_steps(estimator):
+def test_reinforce_learns_to_give_each_kind_of_prompt_its_steps(estimator):
     table = two_kinds_table()
-    settings = FitSettings(max_updates=300, patience=300, lr=3e-3, estimator=estimator, **SMALL)
+    settings = FitSettings(objective="reinforce", max_updates=300, patience=300, lr=3e-3, estimator=estimator,
+                           **SMALL)
     result = fit_policy(table, settings, show_progress=False)
     rewards = option_rewards(table.iqs, OPTIONS, settings)
-    _, val = split_indices(len(table), settings.val_fraction, settings.fit_seed)
+    _, val = split_indices(len(table), settings.val_fraction, settings.fit_seed, table.prompts)
     best_fixed = rewards[val].mean(0).max().item()
-    assert result.summary["val_reward"] > best_fixed + 0.8  # per prompt, not one count for all (+1 at best)
+    assert result.summary["val_score"] > best_fixed + 0.8  # per prompt, not one count for all (+1 at best)
+    assert _choices(result.policy, table) == _right_answers(table)
+
+
+def test_quality_objective_learns_each_kind_of_prompts_loss_curve():
+    table = two_kinds_table()
+    settings = FitSettings(max_updates=300, patience=300, lr=3e-3, **SMALL)
+    result = fit_policy(table, settings, show_progress=False)
+    assert result.policy.config.objective == "quality" and result.summary["objective"] == "quality"
     with torch.no_grad():
-        choices = result.policy(table.features.tokens.float(), table.features.mask).argmax(-1)
+        losses = result.policy(table.features.tokens.float(), table.features.mask)
     hard = torch.arange(len(table)) % 2 == 1
-    assert (choices[~hard] == 0).float().mean() > 0.9 and (choices[hard] == 3).float().mean() > 0.9
+    # easy prompts: no option worse than 40 steps (1.0 ... 0.97); hard ones: 80% less at 10 steps
+    assert losses[~hard].max() < 1.0 and (losses[hard, 0] - 80).abs().median() < 5
+    assert _choices(result.policy, table) == _right_answers(table)
 
 
-def test_same_seed_same_policy_other_seed_other_policy():
+def _choices(policy, table) -> list[int]:
+    return list(choose_steps(policy, table.features).per_prompt)
+
+
+def _right_answers(table) -> list[int]:
+    return [OPTIONS[-1] if i % 2 else OPTIONS[0] for i in range(len(table))]
+
+
+@pytest.mark.parametrize("objective", ["quality", "reinforce"])
+def test_same_seed_same_policy_other_seed_other_policy(objective):
     table = two_kinds_table(n=32)
-    settings = FitSettings(max_updates=6, patience=6, **SMALL)
+    settings = FitSettings(objective=objective, max_updates=6, patience=6, **SMALL)
     first, again = fit_policy(table, settings, show_progress=False), fit_policy(table, settings, show_progress=False)
-    other = fit_policy(table, FitSettings(max_updates=6, patience=6, fit_seed=1, **SMALL), show_progress=False)
+    other = fit_policy(table, FitSettings(objective=objective, max_updates=6, patience=6, fit_seed=1, **SMALL),
+                       show_progress=False)
     state, same, different = first.policy.state_dict(), again.policy.state_dict(), other.policy.state_dict()
     assert all(torch.equal(state[k], same[k]) for k in state)
     assert not all(torch.equal(state[k], different[k]) for k in state)
     assert first.history == again.history
 
 
-def test_early_stopping_keeps_the_best_epoch_and_fills_the_summary():
+@pytest.mark.parametrize("objective", ["quality", "reinforce"])
+def test_early_stopping_keeps_the_best_epoch_and_fills_the_summary(objective):
     table = two_kinds_table(n=32, signal=0.0)  # nothing to learn: validation stops improving
-    settings = FitSettings(max_updates=400, patience=6, **SMALL)  # 24 training prompts: 2 updates per pass
+    settings = FitSettings(objective=objective, max_updates=400, patience=6, **SMALL)  # 24 training prompts: 2 updates per pass
     result = fit_policy(table, settings, info={"model_family": "test"}, show_progress=False)
     summary = result.summary
     assert summary["epochs"] < 200 and summary["epochs"] - summary["best_epoch"] == 3
     assert summary["updates"] == 2 * summary["epochs"]
-    assert summary["val_reward"] == pytest.approx(max(h["val_reward"] for h in result.history), abs=1e-5)
+    assert summary["val_score"] == pytest.approx(max(h["val_score"] for h in result.history), abs=1e-5)
     assert result.policy.info["model_family"] == "test" and result.policy.info["summary"] is summary
-    assert {"prompts_train", "prompts_val", "fit_seconds", "lr", "baseline", "entropy", "seed"} <= set(summary)
+    assert {"objective", "prompts_train", "prompts_val", "fit_seconds", "lr", "weight_decay", "seed"} <= set(summary)
     assert not result.policy.training

@@ -124,9 +124,9 @@ def _fit(from_file: dict, flags: dict) -> int:
     result = fit_policy(table, settings, info=policy_info(table.description, settings))
     save_policy(result.policy, out)
     summary = result.summary
-    print(f"policy {out}: best validation reward {summary['val_reward']:.4f} at epoch {summary['best_epoch']} of "
-          f"{summary['epochs']}, {summary['val_mean_steps']:.1f} mean steps on {summary['prompts_val']} validation "
-          f"prompts ({summary['fit_seconds']:.0f} s)")
+    print(f"policy {out} ({summary['objective']}): best validation score {summary['val_score']:.4f} at pass "
+          f"{summary['best_epoch']} of {summary['epochs']}, {summary['val_mean_steps']:.1f} mean steps on "
+          f"{summary['prompts_val']} validation prompts ({summary['fit_seconds']:.0f} s)")
     return 0
 
 

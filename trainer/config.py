@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..policy import PAPER_OPTIONS, PolicyConfig
+from ..policy.network import OBJECTIVES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -87,8 +88,12 @@ class GenerateSettings:
 
 @dataclass(frozen=True)
 class FitSettings:
-    """REINFORCE on the cached table (see :mod:`.fit` for what each term does and why the defaults)."""
+    """Fitting the policy on the cached table (see :mod:`.fit` for what each term does and why the defaults)."""
 
+    objective: str = _setting("quality", "quality (predict each option's quality loss, take the fewest steps within "
+                                         "--tolerance-pct) or reinforce (the paper's policy gradient)")
+    tolerance_pct: float = _setting(1.0, "quality objective: accepted IQS loss against the largest option, in %",
+                                    float)
     top_k: int = _setting(3, "an option earns the positive reward only if its IQS ranks in the prompt's top k", int)
     quality_weight: float = _setting(1.0, "lambda: weight of the normalised IQS in the positive reward", float)
     miss_penalty: float = _setting(1.0, "gamma: reward -gamma for an option outside the top k", float)
@@ -98,7 +103,8 @@ class FitSettings:
     actions_per_prompt: int = _setting(4, "sampled estimator: actions per prompt and update (no extra cost)", int)
     entropy: float = _setting(0.3, "entropy bonus weight: keeps the policy from locking onto one option for every "
                                    "prompt before it has learned to tell prompts apart", float)
-    lr: float = _setting(1e-3, "Adam learning rate", float)
+    lr: float = _setting(1e-3, "AdamW learning rate", float)
+    weight_decay: float = _setting(0.01, "AdamW weight decay", float)
     fit_batch_size: int = _setting(32, "prompts per policy update", int)
     max_updates: int = _setting(1500, "upper limit on policy updates (batches), rounded up to whole passes over the "
                                       "training prompts", int)
@@ -112,6 +118,10 @@ class FitSettings:
     def __post_init__(self):
         if self.top_k < 1:
             raise TrainerInputError(f"--top-k must be at least 1, got {self.top_k}")
+        if self.objective not in OBJECTIVES:
+            raise TrainerInputError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not 0.0 < self.tolerance_pct < 100.0:
+            raise TrainerInputError(f"--tolerance-pct must be between 0 and 100, got {self.tolerance_pct}")
         if self.estimator not in ("exact", "sampled"):
             raise TrainerInputError(f"--estimator must be exact or sampled, got {self.estimator!r}")
         if self.baseline not in ("expected", "batch", "none"):
@@ -125,8 +135,9 @@ class FitSettings:
             raise TrainerInputError(f"--policy-width must be a positive multiple of {POLICY_HEADS} (the policy's "
                                     f"attention heads) and --policy-depth at least 1, got {self.policy_width} and "
                                     f"{self.policy_depth}")
-        if self.lr <= 0 or self.entropy < 0 or self.miss_penalty < 0 or self.quality_weight < 0:
-            raise TrainerInputError("--lr must be positive and --entropy, --miss-penalty, --quality-weight not negative")
+        if self.lr <= 0 or min(self.entropy, self.miss_penalty, self.quality_weight, self.weight_decay) < 0:
+            raise TrainerInputError("--lr must be positive and --entropy, --miss-penalty, --quality-weight, "
+                                    "--weight-decay not negative")
 
 
 @dataclass(frozen=True)

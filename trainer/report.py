@@ -58,14 +58,30 @@ def markdown(report: dict) -> str:
     for title, steps, iqs, se, versus in _rows(report):
         lines.append(f"| {title} | {steps:.2f} | {iqs:.4f} | {'' if se is None else f'{se:.4f}'} | {versus} |")
     share = report["share_of_oracle_saving"]
-    lines += ["", f"Share of the oracle's step saving reached: {'n/a' if share is None else f'{100 * share:.0f}%'}.", "",
-              "Checks (the issue's bar):", ""]
+    lines += ["", f"**Verdict**: {report['verdict']['summary']}.", "",
+              f"Share of the oracle's step saving reached: {'n/a' if share is None else f'{100 * share:.0f}%'} "
+              f"(oracle: the fewest steps within {report['tolerance_pct']:g}% of the largest option's seed-averaged "
+              f"IQS; its steps vary by {report['oracle']['steps_sd']:.1f} SD across prompts)."]
+    lines += _cross_seed_lines(report["cross_seed_oracle"])
+    lines += ["", "Checks (the issue's bar):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name.replace('_', ' ')}" for name, ok in report["checks"].items()]
     lines += ["", "IQS is averaged over seeds per prompt; SE is over prompts. The matched fixed count blends the two "
               "neighbouring options to the policy's exact mean; the random baseline is the exact expectation of "
               "drawing from the policy's step histogram; the oracle takes, per prompt, the fewest steps whose IQS "
               "reaches the largest option's.", ""]
     return "\n".join(lines)
+
+
+def _cross_seed_lines(cross: dict | None) -> list[str]:
+    """What the oracle is worth when it must choose on some seeds and is judged on others."""
+    if cross is None:
+        return ["", "One seed only: the oracle cannot be checked on seeds it did not choose on (use --seeds 0,1)."]
+    explained = cross["share_of_spread_from_prompt"]
+    return ["", f"Cross-seed oracle (chosen on half the seeds, judged on the other half): {cross['mean_steps']:.2f} mean "
+            f"steps, {cross['saving_pct']:.0f}% saving, {cross['iqs_drop_pct']:.2f}% IQS drop; the split-half "
+            f"correlation of its per-prompt steps is "
+            + ("n/a (no spread)" if explained is None else f"{explained:.2f}")
+            + " (near 0: the oracle's per-prompt differences are the seeds', not the prompts')."]
 
 
 def summary_text(report: dict, outputs: dict[str, str]) -> str:
@@ -84,6 +100,7 @@ def summary_text(report: dict, outputs: dict[str, str]) -> str:
         entry = report[name]
         lines.append(f"  vs {name.replace('_', ' '):26} {entry['policy_minus']:+.4f} ± {entry['policy_minus_se']:.4f} IQS")
     lines.append(f"  oracle        {report['oracle']['mean_steps']:6.2f} mean steps   IQS {report['oracle']['iqs']:.4f}")
+    lines.append(f"  verdict: {report['verdict']['summary']}")
     passed = sum(report["checks"].values())
     lines.append(f"  checks passed {passed}/{len(report['checks'])}: "
                  + ", ".join(f"{name}={'yes' if ok else 'NO'}" for name, ok in report["checks"].items()))
