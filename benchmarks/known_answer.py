@@ -7,7 +7,7 @@ from the noisy table (what a user sees). Prints, per table: the share of the tru
 drop against the largest option on the true curves, the policy minus a fixed count at its mean steps and minus a
 random policy with its step distribution (paired SE), and the evaluation's own verdict.
 
-Run: `.venv/bin/python benchmarks/known_answer.py [--objective reinforce] [--sigmas 0,0.01] [--out results/x.json]`.
+Run: `.venv/bin/python benchmarks/known_answer.py [--objective reinforce] [--sigmas 0,0.01,none] [--out x.json]`.
 """
 from __future__ import annotations
 
@@ -57,7 +57,8 @@ def judge(sigma: float | None, args, settings: FitSettings) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sigmas", default="0,0.002,0.01,0.02", help="IQS noise levels, comma-separated")
+    parser.add_argument("--sigmas", default="0,0.002,0.01,0.02,none",
+                        help="IQS noise levels, comma-separated; 'none' = the no-signal table (noise 0.01)")
     parser.add_argument("--train-prompts", type=int, default=2000)
     parser.add_argument("--test-prompts", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt in the tables")
@@ -75,7 +76,7 @@ def main() -> None:
     print(f"known-answer benchmark: {args.train_prompts} training / {args.test_prompts} held-out prompts x "
           f"{args.seeds} seeds, token width {args.width}, {args.threads} thread(s); fit: {settings}")
     rows = []
-    for sigma in [float(s) for s in args.sigmas.split(",")] + [None]:
+    for sigma in [None if s == "none" else float(s) for s in args.sigmas.split(",")]:
         row = judge(sigma, args, settings)
         rows.append(row)
         print(f"{row['table']:>12}: {row['share_of_true_oracle_saving']:6.1%} of the true oracle's saving "

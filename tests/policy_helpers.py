@@ -25,3 +25,16 @@ def random_conditioning(batch: int = 1, tokens: int = 77, width: int = 768, seed
     states = prompt_direction + torch.randn(batch, tokens, width, generator=generator)
     states[..., 0] *= 30.0
     return states
+
+
+def quality_policy_with_losses(losses: list[float], config: PolicyConfig) -> StepPolicy:
+    """A real quality-objective policy whose head ignores the prompt and predicts ``losses`` (in %, non-increasing,
+    0 at the largest option) for every prompt."""
+    assert config.objective == "quality" and losses[-1] == 0
+    policy = init_policy(config, seed=1)
+    increments = torch.tensor([a - b for a, b in zip(losses[:-1], losses[1:])]).clamp_min(1e-4)
+    final = policy.head[-1]
+    with torch.no_grad():
+        final.weight.zero_()
+        final.bias.copy_(torch.log(torch.expm1(increments)))  # softplus^-1
+    return policy

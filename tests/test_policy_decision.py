@@ -12,7 +12,7 @@ from adadiff.policy import (
     init_policy,
     option_logits,
 )
-from policy_helpers import policy_preferring, random_conditioning
+from policy_helpers import policy_preferring, quality_policy_with_losses, random_conditioning
 
 
 class FixedLogits(StepPolicy):
@@ -158,3 +158,12 @@ def test_a_quality_policy_is_monotonic_in_the_knob_through_its_real_head(raw, bi
     assert losses[-1] == 0 and bool((losses[:-1] >= losses[1:]).all())  # monotone head, 0 at the largest option
     steps = [choose_steps(policy, torch.randn(1, 77, 768), quality_bias=b).steps for b in sorted(biases)]
     assert steps == sorted(steps)
+
+
+def test_a_quality_policy_built_to_predict_given_losses_decides_by_them():
+    config = PolicyConfig(options=(1, 2, 3), token_dim=768, objective="quality", tolerance_pct=1.0)
+    policy = quality_policy_with_losses([20.0, 0.5, 0.0], config)
+    torch.testing.assert_close(option_logits(policy, random_conditioning(2)), torch.tensor([[20.0, 0.5, 0.0]] * 2),
+                               atol=1e-3, rtol=1e-4)
+    assert choose_steps(policy, random_conditioning()).steps == 2
+    assert choose_steps(policy, random_conditioning(), quality_bias=1.0).steps == 3

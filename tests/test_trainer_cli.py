@@ -115,12 +115,16 @@ def test_run_fits_and_evaluates_then_fit_and_evaluate_alone(assets, uninterrupte
     assert info["base_model"]["fingerprint"].startswith("sha256:")
     assert info["sampling"] == {"scheduler": "ddim", "scheduler_class": "DDIMScheduler", "guidance": 2.0,
                                 "size": 32, "seeds": [0, 1]}
-    assert info["reward"]["backend"] == "toy" and info["reward"]["top_k"] == 3
+    assert info["reward"] == {"backend": "toy", "objective": "quality", "tolerance_pct": 1.0,
+                              "target": "IQS loss against the largest option, % of its IQS, seed-averaged"}
+    assert meta["config"]["objective"] == "quality" and info["summary"]["objective"] == "quality"
     assert info["summary"]["prompts_train"] == 3 and info["summary"]["prompts_val"] == 1
     assert cli.main(argv) == 2  # a second run would overwrite the policy
     assert "exists and would be overwritten; pass --force" in capsys.readouterr().err
     assert cli.main(["fit", "--table", str(out / "table"), "--out", str(out / "again.safetensors"),
-                     "--max-updates", "2"]) == 0
+                     "--max-updates", "2", "--objective", "reinforce"]) == 0
+    again = read_metadata(out / "again.safetensors")
+    assert again["config"]["objective"] == "reinforce" and again["info"]["reward"]["top_k"] == 3
     assert cli.main(["evaluate", "--policy", str(out / "again.safetensors"), "--table", str(out / "table"),
                      "--out", str(out / "eval")]) == 0
     assert "AdaDiff on 6 held-out prompts" in capsys.readouterr().out
