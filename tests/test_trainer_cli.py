@@ -141,7 +141,7 @@ def run_cli(argv, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--scheduler", "warp9"], "--model: unknown scheduler 'warp9': use one of ddim, dpm++2m"),
+    (["--scheduler", "warp9"], "--scheduler: unknown scheduler 'warp9': use one of ddim, dpm++2m"),
     (["--reward", "beauty"], "--reward: unknown reward 'beauty'; known rewards: clip"),
     (["--options", "4,2"], "increasing order"),
 ])
