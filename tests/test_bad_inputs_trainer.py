@@ -347,3 +347,16 @@ def test_any_config_file_gives_settings_or_a_clear_error(tmp_path, data):
         read_config_file(path)
     except TrainerInputError as error:
         assert str(path) in str(error)
+
+
+@pytest.mark.parametrize("index, words", [("{oops", "model_index.json: is not valid JSON"),
+                                          ("[1]", "holds a None; supported pipelines"),
+                                          ('{"_class_name": ' + NESTED + "}", "model_index.json: JSON nested")])
+def test_a_broken_model_index_is_refused_naming_the_file(tmp_path, capsys, index, words):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text(index)
+    code = cli.main(["generate", "--model", str(model), "--prompts", str(GOOD_PROMPTS(tmp_path)), "--out",
+                     str(tmp_path / "t"), "--reward", "toy"])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err and "--model" in err, err
