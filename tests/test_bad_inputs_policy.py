@@ -26,13 +26,10 @@ from adadiff.policy import (PolicyCache, PolicyConfig, PolicyFeatures, PolicyFil
                             load_policy, read_metadata, save_policy)
 from adadiff.policy.__main__ import main as policy_cli
 from adadiff.policy.describe import printable
-from policy_helpers import random_conditioning
+from policy_helpers import random_conditioning, write_crafted_policy
 
 SMALL = PolicyConfig(options=(2, 4, 8), width=16, heads=2, depth=1, token_dim=32)
 INFO = {"model_family": "sd15", "base_model": {"name": "tiny", "fingerprint": "sha256:ab"}, "sampling": {"guidance": 2}}
-# What the review's 627 KB file claimed: a network of ~1e9 parameters (4 GB in fp32) for a few KB of weights.
-HUGE_CONFIG = {"token_dim": 16384, "width": 2048, "depth": 12, "heads": 64, "ff_mult": 8}
-DEEP_SMALL = PolicyConfig(options=SMALL.options, width=16, heads=2, depth=12, token_dim=32)  # the names match
 
 
 @pytest.fixture(autouse=True)
@@ -48,8 +45,8 @@ def no_hang():
     signal.signal(signal.SIGALRM, previous)
 
 
-def _good_file(folder, config=SMALL):
-    return save_policy(init_policy(config, seed=1, info=INFO), folder / "good.safetensors")
+def _good_file(folder):
+    return save_policy(init_policy(SMALL, seed=1, info=INFO), folder / "good.safetensors")
 
 
 def _written(folder, data: bytes):
@@ -58,9 +55,9 @@ def _written(folder, data: bytes):
     return path
 
 
-def _rewritten(folder, *, metadata=None, config=None, info=None, tensors=None, base=SMALL):
+def _rewritten(folder, *, metadata=None, config=None, info=None, tensors=None):
     """A copy of a good policy file with parts replaced (as a user's crafted download would have them)."""
-    with safe_open(str(_good_file(folder, base)), "pt") as handle:
+    with safe_open(str(_good_file(folder)), "pt") as handle:
         meta = dict(handle.metadata())
         weights = {name: handle.get_tensor(name) for name in handle.keys()}
     if config is not None:
@@ -153,7 +150,9 @@ BAD_FILES = {
     "config-width-float": (lambda d: _rewritten(d, config={"width": 16.5}), "width must be a whole number"),
     "config-options-text": (lambda d: _rewritten(d, config={"options": "2,4"}), "network settings are invalid"),
     "config-unknown-key": (lambda d: _rewritten(d, config={"layers": 3}), "unknown policy settings"),
-    "config-huge-network": (lambda d: _rewritten(d, config=HUGE_CONFIG, base=DEEP_SMALL), "has shape"),
+    # what the review's 627 KB file claimed: a network of ~1e9 parameters (4 GB in fp32) over a few KB of weights
+    "config-huge-network": (lambda d: write_crafted_policy(d / "huge.safetensors", SMALL.options)
+                            or d / "huge.safetensors", "has shape"),
     "info-nested-10000": (lambda d: _rewritten(d, info=_deep(10000)), "nested 10000 levels deep"),
     "info-a-string": (lambda d: _rewritten(d, info='"sd15"'), "should be a JSON object, got the text"),
     "info-base-model-a-string": (lambda d: _rewritten(d, info={**INFO, "base_model": "tiny"}),
