@@ -47,7 +47,7 @@ def parse_int_list(text: str | list) -> tuple[int, ...]:
     """``"5,10,15"`` (a flag) or ``[5, 10, 15]`` (TOML) -> (5, 10, 15)."""
     parts = text if isinstance(text, (list, tuple)) else [p for p in str(text).split(",") if p.strip()]
     try:
-        values = tuple(whole_number(p) for p in parts)
+        values = tuple(_whole_number(p) for p in parts)
     except (TypeError, ValueError):
         raise TrainerInputError(f"expected comma-separated whole numbers, got {short_text(repr(text), 60)}") from None
     if not values:
@@ -55,7 +55,7 @@ def parse_int_list(text: str | list) -> tuple[int, ...]:
     return values
 
 
-def whole_number(value) -> int:
+def _whole_number(value) -> int:
     """A whole number from a flag's text or a TOML value; 8.5 or true is refused rather than truncated."""
     if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 19:
         return int(value)
@@ -64,7 +64,7 @@ def whole_number(value) -> int:
     raise ValueError(f"not a whole number: {value!r}")
 
 
-def real_number(value) -> float:
+def _real_number(value) -> float:
     """A finite number from a flag's text or a TOML value (nan, inf and true are refused)."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise ValueError(f"not a number: {value!r}")
@@ -254,7 +254,7 @@ def _parsed(item, value):
     """A flag's text or a TOML value as the setting's type; a value of another type is refused, never converted
     (``batch_size = 8.5`` is not 8, ``scheduler = 5`` is not a scheduler)."""
     flag = f"--{item.name.replace('_', '-')}"
-    parse = {int: whole_number, float: real_number}.get(item.metadata["parse"], item.metadata["parse"])
+    parse = {int: _whole_number, float: _real_number}.get(item.metadata["parse"], item.metadata["parse"])
     if value is None:
         if item.default is None:
             return value
