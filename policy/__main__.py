@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from .errors import PolicyFileError
-from .describe import describe
+from .describe import describe, printable
 from .fileformat import save_policy
 from .network import PAPER_OPTIONS, PolicyConfig, init_policy
 
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote untrained policy {save_policy(policy, args.out)}")
         return 0
     except (PolicyFileError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {printable(error, limit=2000)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # init: a folder that cannot be made or written
+        print(f"error: cannot write {args.out} ({error.strerror}); pick another --out", file=sys.stderr)
         return 2
 
 

@@ -11,21 +11,26 @@ from .network import StepPolicy
 log = logging.getLogger(__name__)
 
 
-def file_signature(path: str | Path) -> tuple[int, int]:
-    """What identifies one version of a file on disk: modification time and size."""
+def file_signature(path: str | Path) -> tuple[int, ...]:
+    """What identifies one version of a file on disk: which file (device, inode) and its size, modification and
+    change times. A copy or download can carry the old mtime over (``cp -p``, ``os.utime``), but writing or
+    replacing a file always gives it a new change time, which nothing but the system clock can set."""
     stat = os.stat(path)
-    return stat.st_mtime_ns, stat.st_size
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 class PolicyCache:
-    """Policies by path; a file is read again when its modification time or size changes."""
+    """Policies by path; a file is read again when it changes on disk (see :func:`file_signature`)."""
 
     def __init__(self):
-        self._loaded: dict[str, tuple[tuple[int, int], StepPolicy]] = {}
+        self._loaded: dict[str, tuple[tuple[int, ...], StepPolicy]] = {}
 
     def load(self, path: str | Path) -> StepPolicy:
         path = str(path)
-        signature = file_signature(path)
+        try:
+            signature = file_signature(path)
+        except OSError:
+            signature = None  # missing, a dangling link, a name too long: load_policy says which, in its own words
         cached = self._loaded.get(path)
         if cached is not None and cached[0] == signature:
             return cached[1]

@@ -5,12 +5,14 @@ distribution, a quality policy the fewest steps whose predicted quality loss is 
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
 
 from .errors import FeatureMismatchError
-from .features import PolicyFeatures, policy_features
+from .features import PolicyFeatures, check_values, policy_features
 from .network import StepPolicy
 
 # Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
@@ -67,6 +69,7 @@ def option_logits(policy: StepPolicy, conditioning) -> torch.Tensor:
     whatever host, device and dtype the conditioning came from."""
     features = policy_features(conditioning)
     check_features(policy, features)
+    check_values(features)
     device = next(policy.parameters()).device
     pooled = None
     if policy.config.pooled_dim:
@@ -80,6 +83,18 @@ def option_logits(policy: StepPolicy, conditioning) -> torch.Tensor:
         if was_training:
             policy.train()
     return logits.float().cpu()
+
+
+def _check_request(quality_bias, min_steps, max_steps) -> None:
+    """Refuse a knob or limit that would silently give a meaningless count (NaN bias: the fewest steps; +inf: NaN
+    scores whose argmax is the first option, the opposite of what was asked; max_steps 0: no sampling at all)."""
+    if isinstance(quality_bias, bool) or not isinstance(quality_bias, numbers.Real) or not math.isfinite(quality_bias):
+        raise ValueError(f"quality_bias must be a finite number (-1 fewest steps ... +1 most), got {quality_bias!r}")
+    for name, value in (("min_steps", min_steps), ("max_steps", max_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+            raise ValueError(f"{name} must be a whole number of at least 1 (or None: no limit), got {value!r}")
+    if min_steps is not None and max_steps is not None and min_steps > max_steps:
+        raise ValueError(f"min_steps ({min_steps}) is larger than max_steps ({max_steps})")
 
 
 def choose_steps(
@@ -99,8 +114,7 @@ def choose_steps(
     ``tolerance / 10 ** bias`` (bias 1: a tenth of its tolerance; -1: ten times). ``min_steps``/``max_steps`` then
     clamp each count.
     """
-    if min_steps is not None and max_steps is not None and min_steps > max_steps:
-        raise ValueError(f"min_steps ({min_steps}) is larger than max_steps ({max_steps})")
+    _check_request(quality_bias, min_steps, max_steps)
     outputs = option_logits(policy, conditioning)
     options = policy.config.options
     if policy.config.objective == "quality":

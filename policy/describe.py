@@ -5,28 +5,32 @@ from pathlib import Path
 
 from .fileformat import read_metadata
 
+MAX_SHOWN_CHARACTERS = 200  # per metadata value: a file cannot fill the screen
+
 
 def describe(path: Path) -> str:
-    """A policy's metadata in plain words."""
+    """A policy's metadata in plain words (checked as :func:`.load_policy` checks it; text from the file shown
+    escaped, so it cannot move the cursor, recolour the terminal or fake lines)."""
+    path = Path(path)
     meta = read_metadata(path)
     config, info = meta["config"], meta["info"]
     size_mb = path.stat().st_size / 2**20
     base = info.get("base_model") or {}
     lines = [
-        f"AdaDiff policy {path.name} ({size_mb:.2f} MB, format version {meta['format_version']})",
+        f"AdaDiff policy {printable(path.name)} ({size_mb:.2f} MB, format version {meta['format_version']})",
         f"  step options:   {', '.join(str(o) for o in config['options'])}",
         f"  reads:          {config['token_dim']}-wide token states"
         + (f" and a {config['pooled_dim']}-wide pooled vector" if config["pooled_dim"] else " (no pooled vector)"),
         f"  network:        {config['depth']} attention layers, width {config['width']}, {config['heads']} heads",
         f"  decides by:     {_decision_rule(config)}",
-        f"  model family:   {info.get('model_family', 'not recorded')}",
-        f"  base model:     {base.get('name', 'not recorded')}"
-        + (f" (fingerprint {base['fingerprint']})" if base.get("fingerprint") else ""),
+        f"  model family:   {printable(info.get('model_family') or 'not recorded')}",
+        f"  base model:     {printable(base.get('name') or 'not recorded')}"
+        + (f" (fingerprint {printable(base['fingerprint'])})" if base.get("fingerprint") else ""),
     ]
     for key in ("sampling", "reward", "summary"):
         value = info.get(key)
         text = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) and value else "not recorded"
-        lines.append(f"  {key + ':':15} {text}")
+        lines.append(f"  {key + ':':15} {printable(text)}")
     return "\n".join(lines)
 
 
@@ -36,3 +40,12 @@ def _decision_rule(config: dict) -> str:
         return (f"predicted quality (the fewest steps whose IQS is predicted within {config['tolerance_pct']:g}% of "
                 f"{config['options'][-1]} steps; the quality knob divides that by 10 per unit)")
     return "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"
+
+
+def printable(value, limit: int = MAX_SHOWN_CHARACTERS) -> str:
+    """``value`` as one line of visible text: control, format and line-separator characters escaped (``\\x1b``,
+    ``\\u202e``), and cut to ``limit`` characters."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text)} characters)"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

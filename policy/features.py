@@ -52,6 +52,25 @@ class PolicyFeatures:
         return 0 if self.pooled is None else self.pooled.shape[-1]
 
 
+def check_values(features: PolicyFeatures) -> None:
+    """Refuse input no decision can be read from: NaN/Inf anywhere (a broken or fp16-overflowed text encoder; the
+    network would return NaN logits, whose argmax is silently the fewest steps) or a row without a real token."""
+    bad = [(name, rows) for name, values in (("token states", features.tokens), ("pooled vector", features.pooled))
+           if values is not None and (rows := _non_finite_rows(values))]
+    if bad:
+        where = "; ".join(f"{name} of prompt(s) {', '.join(map(str, rows[:5]))}" for name, rows in bad)
+        raise ValueError(f"the prompt conditioning holds NaN or Inf values ({where}): the text encoder's output is "
+                         "broken (in fp16 it can overflow: run it in fp32), so no step count can be read from it")
+    empty = (~features.mask.any(1)).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"conditioning row(s) {', '.join(map(str, empty[:5]))} hold no real token (every position "
+                         "is masked): pass conditioning from a text encoder")
+
+
+def _non_finite_rows(values: torch.Tensor) -> list[int]:
+    return (~torch.isfinite(values.flatten(1)).all(1)).nonzero().flatten().tolist()
+
+
 def policy_features(conditioning: Any, pooled: torch.Tensor | None = None) -> PolicyFeatures:
     """Build policy input from a host's text conditioning (ComfyUI list, A1111 tensor/dict, diffusers tensors)."""
     if isinstance(conditioning, PolicyFeatures):

@@ -55,7 +55,11 @@ class PolicyConfig:
             value = _whole_number(name, getattr(self, name))
             if not 0 <= value <= limit:
                 raise ValueError(f"{name} must be between 0 and {limit}, got {value}")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        for name in ("dropout", "tolerance_pct"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {type(value).__name__}")
+        if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 2 <= len(self.options) <= 256:
             raise ValueError(f"a policy needs 2 to 256 step options, got {len(self.options)}")
@@ -64,9 +68,9 @@ class PolicyConfig:
         for name in ("token_dim", "width", "depth", "heads", "ff_mult"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.objective not in OBJECTIVES:
+        if not isinstance(self.objective, str) or self.objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
-        if not 0.0 < float(self.tolerance_pct) < 100.0:
+        if not 0.0 < self.tolerance_pct < 100.0:
             raise ValueError(f"tolerance_pct must be between 0 and 100, got {self.tolerance_pct}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} must be divisible by heads {self.heads}")

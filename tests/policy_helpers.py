@@ -38,3 +38,21 @@ def quality_policy_with_losses(losses: list[float], config: PolicyConfig) -> Ste
         final.weight.zero_()
         final.bias.copy_(torch.log(torch.expm1(increments)))  # softplus^-1
     return policy
+
+
+def write_crafted_policy(path, options: tuple[int, ...]) -> None:
+    """A small policy file whose config claims a network of ~1e9 parameters (4 GB) over tensors of a tiny one, as a
+    crafted download would (issue 13): the loader must refuse it before building anything."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from adadiff.policy import save_policy
+
+    config = PolicyConfig(options=options, width=16, depth=12, heads=2)
+    save_policy(init_policy(config), path)
+    with safe_open(str(path), "pt") as handle:
+        metadata, tensors = dict(handle.metadata()), {name: handle.get_tensor(name) for name in handle.keys()}
+    metadata["config"] = json.dumps({**config.to_dict(), "token_dim": 16384, "width": 2048, "heads": 64, "ff_mult": 8})
+    save_file(tensors, str(path), metadata=metadata)

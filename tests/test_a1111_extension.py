@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import a1111_standins as webui
 from adadiff.a1111_script.settings import ERROR_KEY, INFOTEXT_KEY
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, save_policy
+from policy_helpers import write_crafted_policy
 
 REPO = Path(__file__).resolve().parent.parent
 LOADER = REPO / "scripts" / "adadiff_steps.py"
@@ -306,6 +307,23 @@ def test_a_failing_text_encoder_keeps_the_users_steps_and_says_so(host, caplog):
 
     processed = host.generate(host.job(CAT, accordion=enabled(), model=BrokenModel()))
     _assert_loud_fallback(host, processed, caplog, "CUDA out of memory")
+
+
+def test_a_crafted_policy_keeps_the_users_steps_and_says_so(host, caplog):
+    write_crafted_policy(host.policies / "crafted.safetensors", OPTIONS)
+    processed = host.generate(host.job(CAT, accordion=enabled(policy="crafted.safetensors")))
+    _assert_loud_fallback(host, processed, caplog, "has shape")
+
+
+def test_nan_conditioning_keeps_the_users_steps_and_says_so(host, caplog):
+    class OverflowingModel(webui.StandInModel):
+        def get_learned_conditioning(self, prompts):
+            states = super().get_learned_conditioning(prompts)
+            states[0, 5, 7] = float("nan")
+            return states
+
+    processed = host.generate(host.job(CAT, accordion=enabled(), model=OverflowingModel()))
+    _assert_loud_fallback(host, processed, caplog, "holds NaN or Inf values")
 
 
 def test_bad_policy_in_the_per_prompt_script_keeps_the_users_steps(host, caplog):

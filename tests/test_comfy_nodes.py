@@ -16,6 +16,7 @@ from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy,
 
 from comfy_checkpoint import cached_tiny_sd15
 from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
+from policy_helpers import write_crafted_policy
 
 CHECKPOINT = "tiny-sd15.safetensors"
 OPTIONS = (1, 2, 3)
@@ -53,6 +54,9 @@ def comfy(tmp_path_factory):
     _write_policy(policies / "sdxl.safetensors", token_dim=2048, pooled_dim=1280)
     (policies / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     (policies / "gone.safetensors").symlink_to(base / "deleted-policy.safetensors")
+    write_crafted_policy(policies / "crafted.safetensors", OPTIONS)
+    os.mkfifo(policies / "fifo.safetensors")  # reading it would block the server forever
+    (policies / "zero.safetensors").symlink_to("/dev/zero")  # reading it would fill the server's memory
     # A second policy folder given the way users share models between installs; it must be merged, not replaced.
     _write_policy(base / "shared_models" / "policies" / "shared.safetensors", favourite=3)
     extra_paths = base / "extra_model_paths.yaml"
@@ -310,11 +314,15 @@ def _sigmas_without_model_graph() -> dict:
     (lambda: _selector_graph("gone.safetensors", text="missing"), "gone.safetensors' was not found"),
     (lambda: _selector_graph("corrupt.safetensors", text="corrupt"), "not a safetensors file"),
     (lambda: _selector_graph("sdxl.safetensors", text="mismatch"), "expects 2048-wide conditioning, got 768"),
+    (lambda: _selector_graph("crafted.safetensors", text="crafted"), "has shape"),
+    (lambda: _selector_graph("fifo.safetensors", text="fifo"), "fifo.safetensors' was not found"),
+    (lambda: _selector_graph("zero.safetensors", text="zero"), "zero.safetensors' was not found"),
     (lambda: _selector_graph("two.safetensors", text="limits", min_steps=3, max_steps=2),
      "min_steps (3) is larger than max_steps (2)"),
     (_empty_conditioning_graph, "conditioning is empty"),
     (_sigmas_without_model_graph, "'sigmas' output needs the 'model' input"),
-], ids=["missing", "corrupt", "mismatched", "min-above-max", "empty-conditioning", "sigmas-without-model"])
+], ids=["missing", "corrupt", "mismatched", "crafted", "fifo", "link-to-dev-zero", "min-above-max",
+        "empty-conditioning", "sigmas-without-model"])
 def test_bad_input_is_a_node_error_and_the_server_keeps_serving(comfy, graph, problem):
     run = comfy.run(graph())
     assert run.status == "error"

@@ -1,4 +1,5 @@
 """The command line as users run it: kill -9 and resume, two accelerate processes, run end to end, bad inputs."""
+import json
 import os
 import shutil
 import signal
@@ -119,6 +120,10 @@ def test_run_fits_and_evaluates_then_fit_and_evaluate_alone(assets, uninterrupte
                               "target": "IQS loss against the largest option, % of its IQS, seed-averaged"}
     assert meta["config"]["objective"] == "quality" and info["summary"]["objective"] == "quality"
     assert info["summary"]["prompts_train"] == 3 and info["summary"]["prompts_val"] == 1
+    report = json.loads((out / "report.json").read_text())
+    assert report["seed_split_check"]["fit_seeds"] == [0] and report["seed_split_check"]["judged_seeds"] == [1]
+    assert "Seed-split check: a policy fitted on seeds [0] only" in (out / "report.md").read_text()
+    assert report["cross_seed_oracle"] is not None and "verdict" in report
     assert cli.main(argv) == 2  # a second run would overwrite the policy
     assert "exists and would be overwritten; pass --force" in capsys.readouterr().err
     assert cli.main(["fit", "--table", str(out / "table"), "--out", str(out / "again.safetensors"),
@@ -145,7 +150,7 @@ def run_cli(argv, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--scheduler", "warp9"], "--model: unknown scheduler 'warp9': use one of ddim, dpm++2m"),
+    (["--scheduler", "warp9"], "--scheduler: unknown scheduler 'warp9': use one of ddim, dpm++2m"),
     (["--reward", "beauty"], "--reward: unknown reward 'beauty'; known rewards: clip"),
     (["--options", "4,2"], "increasing order"),
 ])

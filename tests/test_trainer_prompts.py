@@ -41,7 +41,7 @@ def test_duplicates_are_dropped_with_a_warning_naming_the_lines(tmp_path, caplog
     ("p.txt", "a\n\n   \nb\n", r"empty prompt on line\(s\) 2, 3"),
     ("p.txt", "", "holds no prompts"),
     ("p.txt", "\n\n", "holds no prompts"),
-    ("p.jsonl", '{"prompt": "a"}\nnot json\n{"text": "b"}\n', r"line 2 is not JSON.*line 3 has no text 'prompt' field"),
+    ("p.jsonl", '{"prompt": "a"}\nnot json\n{"text": "b"}\n', r"line 2: is not valid JSON.*line 3 has no text 'prompt' field"),
     ("p.jsonl", '{"prompt": ""}\n', r"empty prompt on line\(s\) 1"),
     ("p.csv", "id,text\n1,a\n", r"'prompt' column; found columns \['id', 'text'\]"),
     ("p.csv", "prompt,id\n,1\na,2\n", r"empty prompt on line\(s\) 2"),

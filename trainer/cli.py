@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -136,6 +137,7 @@ def _evaluate(from_file: dict, flags: dict) -> int:
 
     job = build_settings(JobSettings, from_file, flags)
     out = Path(_required(job.out, "--out", "the folder for the report"))
+    _check_writable(out, "--out")
     _refuse_overwrite([out / name for name in REPORT_FILES], job.force)
     policy = load_policy(_required(job.policy, "--policy", "the policy file to evaluate"))
     if job.table is None:  # make the table here, for the policy's own step options unless told otherwise
@@ -206,10 +208,27 @@ def _run_prompts(prompts: list[str], eval_prompts: list[str], from_file: dict, f
     result = fit_policy(train, fit_settings, info=policy_info(table.description, fit_settings))
     save_policy(result.policy, policy_file)
     report = evaluate_policy(result.policy, held_out)
+    if len(table.seeds) >= 2:
+        report["seed_split_check"] = _seed_split_check(train, held_out, fit_settings)
     write_report(report, out)
     print(summary_text(report, {"policy": str(policy_file), "report": str(out / "report.md"),
                                 "plots": f"{out / 'pareto.png'}, {out / 'steps_by_complexity.png'}"}))
     return 0
+
+
+def _seed_split_check(train, held_out, fit_settings: FitSettings) -> dict:
+    """Fit a second policy on the first half of the seeds only and judge it on the held-out prompts' other seeds:
+    seed noise it memorised cannot help it there."""
+    from .evaluate import evaluate_policy
+    from .fit import fit_policy
+
+    half = len(train.seeds) // 2
+    fit_seeds, judged_seeds = list(range(half)), list(range(half, len(train.seeds)))
+    policy = fit_policy(train.seed_subset(fit_seeds), fit_settings, show_progress=False).policy
+    report = evaluate_policy(policy, held_out.seed_subset(judged_seeds))
+    return {"fit_seeds": [train.seeds[i] for i in fit_seeds], "judged_seeds": [train.seeds[i] for i in judged_seeds],
+            "mean_steps": report["policy"]["mean_steps"], "saving_pct": report["saving_vs_max"]["steps_pct"],
+            "iqs_drop_pct": report["iqs_drop_vs_max_pct"], "verdict": report["verdict"]["summary"]}
 
 
 def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, split_at: int | None = None):
@@ -218,9 +237,11 @@ def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, sp
     from .table import TableFolder
 
     model = _required(settings.model, "--model", "a diffusers folder, a .safetensors/.ckpt checkpoint or 'embedded'")
+    _check_writable(folder, "--out")
     TableFolder(folder).refuse_foreign()
     state = process_state()
     device = state.device if settings.device == "auto" else torch.device(settings.device)
+    _checked(lambda: _resolve_scheduler(settings.scheduler), "--scheduler")  # before any weights are read
     reward = _checked(lambda: _build_reward(settings, device), "--reward")
     pipe, info = _checked(lambda: _load_model(model, settings, device), "--model")
     warn_about_long_prompts(pipe, prompts)
@@ -236,10 +257,15 @@ def _build_reward(settings: GenerateSettings, device: torch.device):
     return build_reward(settings.reward, device=device, **settings.reward_settings)
 
 
-def _load_model(model: str, settings: GenerateSettings, device: torch.device):
-    from .models import load_pipeline, model_info, resolve_scheduler
+def _resolve_scheduler(name: str):
+    from .models import resolve_scheduler
 
-    resolve_scheduler(settings.scheduler)  # a wrong name fails before any weights are read
+    return resolve_scheduler(name)
+
+
+def _load_model(model: str, settings: GenerateSettings, device: torch.device):
+    from .models import load_pipeline, model_info
+
     pipe = load_pipeline(model, scheduler=settings.scheduler, device=device)
     return pipe, model_info(model, pipe)
 
@@ -289,8 +315,28 @@ def _policy_path(path: str, force: bool) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise TrainerInputError(f"--out {path}: policy files end in .safetensors")
+    _check_writable(path, "--out")
     _refuse_overwrite([path], force)
     return path
+
+
+def _check_writable(target: Path, flag: str) -> None:
+    """Refuse an output (a folder to fill, or a file to replace) that could never be written: under a file, in a
+    folder this user cannot write, a name the system refuses. Runs before any model or table loads."""
+    try:
+        existing = target
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        folder = existing.parent if existing == target and existing.is_file() else existing
+        usable = folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)
+    except OSError as error:
+        raise TrainerInputError(f"{flag} {target}: cannot be used ({error.strerror}); pick another {flag}") from None
+    if not folder.is_dir():
+        raise TrainerInputError(f"{flag} {target}: {folder} is a file, so nothing can be written under it; pick "
+                                f"another {flag}")
+    if not usable:
+        raise TrainerInputError(f"{flag} {target}: {folder} is not writable for this user; pick another {flag} or "
+                                "change the folder's permissions")
 
 
 def _refuse_overwrite(paths: list[Path], force: bool) -> None:

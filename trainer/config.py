@@ -7,13 +7,18 @@ architecture) go in a ``[reward_settings]`` table and are handed to the reward b
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from ..policy import PAPER_OPTIONS, PolicyConfig
 from ..policy.network import OBJECTIVES
+from ..policy.bounded import read_regular_file, short_text
+from ..policy.errors import BadInputError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -23,6 +28,16 @@ else:  # pragma: no cover - Python 3.10 only
 
 DEFAULT_POLICY = PolicyConfig()  # the network the hosts' benchmarks were measured with
 POLICY_HEADS = DEFAULT_POLICY.heads  # attention heads of the fitted policy; its width must be a multiple
+MAX_CONFIG_BYTES = 2**20  # a settings file is a few hundred bytes
+# Upper bounds on settings, far beyond any sensible run, so that a typo (5,100000) fails now, not hours later.
+MAX_STEPS = 1000  # diffusion models are trained on 1000 noise levels; no sampler takes more steps than that
+MAX_OPTIONS = 256  # what a policy file holds
+MAX_SEEDS = 100
+MAX_SEED = 2**63 - 1  # torch generators take 64-bit seeds
+MAX_BATCH_SIZE = 4096
+MAX_SIZE = 8192  # pixels
+MAX_GUIDANCE = 100.0
+MAX_UPDATES = 10**7
 
 
 class TrainerInputError(ValueError):
@@ -33,12 +48,31 @@ def parse_int_list(text: str | list) -> tuple[int, ...]:
     """``"5,10,15"`` (a flag) or ``[5, 10, 15]`` (TOML) -> (5, 10, 15)."""
     parts = text if isinstance(text, (list, tuple)) else [p for p in str(text).split(",") if p.strip()]
     try:
-        values = tuple(int(p) for p in parts)
+        values = tuple(_whole_number(p) for p in parts)
     except (TypeError, ValueError):
-        raise TrainerInputError(f"expected comma-separated whole numbers, got {text!r}") from None
+        raise TrainerInputError(f"expected comma-separated whole numbers, got {short_text(repr(text), 60)}") from None
     if not values:
         raise TrainerInputError("expected at least one number, got none")
     return values
+
+
+def _whole_number(value) -> int:
+    """A whole number from a flag's text or a TOML value; 8.5 or true is refused rather than truncated."""
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit() and len(value.strip()) <= 19:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= MAX_SEED:
+        return value
+    raise ValueError(f"not a whole number: {value!r}")
+
+
+def _real_number(value) -> float:
+    """A finite number from a flag's text or a TOML value (nan, inf and true are refused)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ValueError(f"not a number: {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"not a finite number: {value!r}")
+    return number
 
 
 def _parse_bool(value) -> bool:
@@ -75,15 +109,23 @@ class GenerateSettings:
         options = self.options
         if len(options) < 2 or list(options) != sorted(set(options)) or options[0] < 1:
             raise TrainerInputError(f"--options must be at least two distinct positive step counts in increasing "
-                                    f"order, got {','.join(map(str, options))}")
-        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise TrainerInputError(f"--seeds must be distinct non-negative numbers, got {self.seeds}")
-        if self.batch_size < 1:
-            raise TrainerInputError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.size is not None and (self.size < 8 or self.size % 8):
-            raise TrainerInputError(f"--size must be a multiple of 8 pixels, got {self.size}")
-        if self.guidance < 0:
-            raise TrainerInputError(f"--guidance must not be negative, got {self.guidance}")
+                                    f"order, got {short_text(','.join(map(str, options)))}")
+        if options[-1] > MAX_STEPS or len(options) > MAX_OPTIONS:
+            raise TrainerInputError(f"--options: at most {MAX_OPTIONS} step counts of at most {MAX_STEPS} steps (no "
+                                    f"sampler takes more), got {len(options)} up to {options[-1]}")
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0 or max(self.seeds) > MAX_SEED:
+            raise TrainerInputError(f"--seeds must be distinct numbers from 0 to 2**63-1, got {short_text(self.seeds)}")
+        if len(self.seeds) > MAX_SEEDS:
+            raise TrainerInputError(f"--seeds: at most {MAX_SEEDS} seeds (each one repeats the whole table), got "
+                                    f"{len(self.seeds)}")
+        if not 1 <= self.batch_size <= MAX_BATCH_SIZE:
+            raise TrainerInputError(f"--batch-size must be at least 1 and at most {MAX_BATCH_SIZE}, got "
+                                    f"{self.batch_size}")
+        if self.size is not None and (self.size < 8 or self.size % 8 or self.size > MAX_SIZE):
+            raise TrainerInputError(f"--size must be a multiple of 8 pixels up to {MAX_SIZE}, got {self.size}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise TrainerInputError(f"--guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
+        _check_device(self.device)
 
 
 @dataclass(frozen=True)
@@ -129,12 +171,14 @@ class FitSettings:
         if not 0.0 < self.val_fraction < 1.0:
             raise TrainerInputError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         for name in ("fit_batch_size", "max_updates", "patience", "actions_per_prompt"):
-            if getattr(self, name) < 1:
-                raise TrainerInputError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.policy_width < POLICY_HEADS or self.policy_width % POLICY_HEADS or self.policy_depth < 1:
+            if not 1 <= getattr(self, name) <= MAX_UPDATES:
+                raise TrainerInputError(f"--{name.replace('_', '-')} must be at least 1 and at most {MAX_UPDATES:,}, "
+                                        f"got {getattr(self, name)}")
+        try:
+            PolicyConfig(width=self.policy_width, depth=self.policy_depth, heads=POLICY_HEADS)
+        except ValueError as error:
             raise TrainerInputError(f"--policy-width must be a positive multiple of {POLICY_HEADS} (the policy's "
-                                    f"attention heads) and --policy-depth at least 1, got {self.policy_width} and "
-                                    f"{self.policy_depth}")
+                                    f"attention heads) and --policy-depth at least 1 ({error})") from None
         if self.lr <= 0 or min(self.entropy, self.miss_penalty, self.quality_weight, self.weight_decay) < 0:
             raise TrainerInputError("--lr must be positive and --entropy, --miss-penalty, --quality-weight, "
                                     "--weight-decay not negative")
@@ -180,12 +224,18 @@ def read_config_file(path: str | Path | None) -> dict:
         return {}
     path = Path(path)
     try:
-        with path.open("rb") as handle:
-            values = tomllib.load(handle)
-    except FileNotFoundError:
-        raise TrainerInputError(f"{path}: no such config file") from None
+        text = read_regular_file(path, MAX_CONFIG_BYTES).decode("utf-8")
+        values = tomllib.loads(text)
+    except BadInputError as error:
+        if error.kind == "missing":
+            raise TrainerInputError(f"--config {path}: no such config file; check the path") from None
+        raise TrainerInputError(f"--config {error}; pass a .toml settings file") from None
+    except UnicodeDecodeError as error:
+        raise TrainerInputError(f"--config {path}: is not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
-        raise TrainerInputError(f"{path}: is not valid TOML ({error})") from None
+        raise TrainerInputError(f"--config {path}: is not valid TOML ({error})") from None
+    except RecursionError:
+        raise TrainerInputError(f"--config {path}: nests arrays or tables too deeply to be a settings file") from None
     return {key.replace("-", "_"): value for key, value in values.items()}
 
 
@@ -212,15 +262,40 @@ def setting_names(*settings_classes: type) -> set[str]:
 
 
 def _parsed(item, value):
-    parse = item.metadata["parse"]
-    if parse is None or value is None:
+    """A flag's text or a TOML value as the setting's type; a value of another type is refused, never converted
+    (``batch_size = 8.5`` is not 8, ``scheduler = 5`` is not a scheduler)."""
+    flag = f"--{item.name.replace('_', '-')}"
+    parse = {int: _whole_number, float: _real_number}.get(item.metadata["parse"], item.metadata["parse"])
+    if value is None:
+        if item.default is None:
+            return value
+        raise TrainerInputError(f"{flag}: needs a value")
+    if parse is None:  # text settings, and the reward_settings table
+        expected = dict if item.default_factory is dict else str
+        if not isinstance(value, expected):
+            raise TrainerInputError(f"{flag}: expected {'a table' if expected is dict else 'text'}, got "
+                                    f"{short_text(repr(value), 60)}")
         return value
     try:
         return parse(value)
     except TrainerInputError as error:
-        raise TrainerInputError(f"--{item.name.replace('_', '-')}: {error}") from None
+        raise TrainerInputError(f"{flag}: {error}") from None
     except (TypeError, ValueError):
-        raise TrainerInputError(f"--{item.name.replace('_', '-')}: cannot use {value!r}") from None
+        raise TrainerInputError(f"{flag}: cannot use {short_text(repr(value), 60)}") from None
+
+
+def _check_device(name: str) -> None:
+    """Refuse a device torch does not know, or one this machine lacks, before any model loads."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise TrainerInputError(f"--device: {short_text(repr(name), 40)} is not a torch device; use auto, cpu, cuda, "
+                                "cuda:1 or mps") from None
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available.get(device.type, True):
+        raise TrainerInputError(f"--device {name}: this machine has no {device.type} device; use auto or cpu")
 
 
 def _shown(default) -> str:

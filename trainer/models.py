@@ -7,7 +7,6 @@ Everything here works without network access: nothing is ever fetched from a hub
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..policy.bounded import parse_json, read_regular_file
 from .model_configs import Checkpoint, detect_family, prepare_config_folder
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ SUPPORTED_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _FINGERPRINT_CHUNK = 1 << 20
+MAX_INDEX_BYTES = 1 << 20  # model_index.json is a few hundred bytes
 
 
 def embedded_model_dir() -> Path:
@@ -95,8 +96,8 @@ def _load_folder(folder: Path):
     index_file = folder / "model_index.json"
     if not index_file.is_file():
         raise FileNotFoundError(f"{index_file} is missing: {folder} is not a diffusers pipeline folder")
-    index = json.loads(index_file.read_text(encoding="utf-8"))
-    class_name = index.get("_class_name")
+    index = parse_json(read_regular_file(index_file, MAX_INDEX_BYTES), str(index_file))  # errors name the file
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
     if class_name not in SUPPORTED_PIPELINES:
         raise ValueError(f"{folder} holds a {class_name}; supported pipelines: {', '.join(SUPPORTED_PIPELINES)}")
     for component in ("unet", "vae", "text_encoder", "text_encoder_2"):

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..policy.bounded import parse_json, read_regular_file
+from ..policy.errors import BadInputError
 from .config import TrainerInputError
 
 logger = logging.getLogger(__name__)
 
 PROMPT_FILE_KINDS = (".txt", ".jsonl", ".csv")
 PROMPT_FIELD = "prompt"
+MAX_PROMPT_FILE_BYTES = 256 * 2**20  # ~1 million prompts; a larger file is something else
 _MAX_LISTED_PROBLEMS = 5
 
 
@@ -41,13 +43,12 @@ def read_prompts(path: str | Path) -> PromptSet:
         raise TrainerInputError(f"{path}: prompt files must end in {', '.join(PROMPT_FILE_KINDS)}, got "
                                 f"'{path.suffix or 'no extension'}'")
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TrainerInputError(f"{path}: no such prompt file; check the path") from None
-    except IsADirectoryError:
-        raise TrainerInputError(f"{path}: is a folder; point --prompts to a {'/'.join(PROMPT_FILE_KINDS)} file") from None
-    except OSError as error:
-        raise TrainerInputError(f"{path}: cannot be read ({error.strerror}); check its permissions") from None
+        data = read_regular_file(path, MAX_PROMPT_FILE_BYTES)
+    except BadInputError as error:
+        remedy = {"missing": f"{path}: no such prompt file; check the path",
+                  "folder": f"{path}: is a folder; point --prompts to a {'/'.join(PROMPT_FILE_KINDS)} file",
+                  "unreadable": f"{error}; check the path and its permissions"}
+        raise TrainerInputError(remedy.get(error.kind, f"{error}; write the prompts to a regular file")) from None
     lines = _decode_lines(path, data)
     reader = {".txt": _from_txt, ".jsonl": _from_jsonl, ".csv": _from_csv}[path.suffix.lower()]
     numbered = reader(path, lines)
@@ -56,7 +57,7 @@ def read_prompts(path: str | Path) -> PromptSet:
         raise TrainerInputError(f"{path}: empty prompt on line(s) {_list(empty)}; remove those lines or write a prompt")
     if not numbered:
         raise TrainerInputError(f"{path}: holds no prompts; write one prompt per line ('{PROMPT_FIELD}' field for "
-                                ".jsonl, '{PROMPT_FIELD}' column for .csv)")
+                                f".jsonl, '{PROMPT_FIELD}' column for .csv)")
     return _drop_duplicates(path, numbered)
 
 
@@ -91,9 +92,9 @@ def _from_jsonl(path: Path, lines: list[str]) -> list[tuple[int, str]]:
         if not line.strip():
             continue  # blank lines between JSON records are allowed by the format
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            problems.append(f"line {number} is not JSON ({error.msg})")
+            record = parse_json(line, f"line {number}")
+        except BadInputError as error:
+            problems.append(str(error))
             continue
         if not isinstance(record, dict) or not isinstance(record.get(PROMPT_FIELD), str):
             problems.append(f"line {number} has no text '{PROMPT_FIELD}' field")
@@ -108,21 +109,31 @@ def _from_jsonl(path: Path, lines: list[str]) -> list[tuple[int, str]]:
 
 
 def _from_csv(path: Path, lines: list[str]) -> list[tuple[int, str]]:
-    reader = csv.reader(io.StringIO("\n".join(lines)))
-    header = next(reader, None)
-    if header is None:
-        return []
-    columns = [name.strip().lower() for name in header]
-    if PROMPT_FIELD not in columns:
-        raise TrainerInputError(f"{path}: the first line must name a '{PROMPT_FIELD}' column; found columns "
-                                f"{header}")
-    column = columns.index(PROMPT_FIELD)
+    """Rows of the 'prompt' column. Strict quoting: an unclosed quote would otherwise swallow every following line
+    into one prompt, so a row that spans lines, or a quote out of place, is an error naming the line."""
+    reader = csv.reader(io.StringIO("\n".join(lines)), strict=True)
     numbered = []
-    for row in reader:
-        if not row:
-            continue
-        number = reader.line_num  # physical line of the row's end; quoted multi-line cells are rare in prompt lists
-        numbered.append((number, row[column].strip() if column < len(row) else ""))
+    try:
+        header = next(reader, None)
+        if header is None:
+            return []
+        columns = [name.strip().lower() for name in header]
+        if PROMPT_FIELD not in columns:
+            raise TrainerInputError(f"{path}: the first line must name a '{PROMPT_FIELD}' column; found columns "
+                                    f"{header[:10]}")
+        column = columns.index(PROMPT_FIELD)
+        first_line = reader.line_num + 1
+        for row in reader:
+            if reader.line_num > first_line:
+                raise TrainerInputError(f"{path}: the row starting on line {first_line} runs on to line "
+                                        f"{reader.line_num}: a quote is not closed (or a prompt holds a line break); "
+                                        "close the quote or write the prompt on one line")
+            if row:
+                numbered.append((first_line, row[column].strip() if column < len(row) else ""))
+            first_line = reader.line_num + 1
+    except csv.Error as error:
+        raise TrainerInputError(f"{path}: line {reader.line_num} is not valid CSV ({error}); check its quotes "
+                                "(a quote inside a prompt is written twice: \"\")") from None
     return numbered
 
 

@@ -63,6 +63,11 @@ def markdown(report: dict) -> str:
               f"(oracle: the fewest steps within {report['tolerance_pct']:g}% of the largest option's seed-averaged "
               f"IQS; its steps vary by {report['oracle']['steps_sd']:.1f} SD across prompts)."]
     lines += _cross_seed_lines(report["cross_seed_oracle"])
+    check = report.get("seed_split_check")
+    if check is not None:
+        lines += ["", f"Seed-split check: a policy fitted on seeds {check['fit_seeds']} only and judged on the held-out "
+                  f"prompts' seeds {check['judged_seeds']} takes {check['mean_steps']:.2f} mean steps "
+                  f"({check['saving_pct']:.0f}% saving, {check['iqs_drop_pct']:.2f}% IQS drop): {check['verdict']}."]
     lines += ["", "Checks (the issue's bar):", ""]
     lines += [f"- {'PASS' if ok else 'FAIL'} {name.replace('_', ' ')}" for name, ok in report["checks"].items()]
     lines += ["", "IQS is averaged over seeds per prompt; SE is over prompts. The matched fixed count blends the two "

@@ -25,10 +25,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..policy import PolicyFeatures
+from ..policy.bounded import parse_json, read_regular_file, short_text
+from ..policy.errors import BadInputError
 from .config import TrainerInputError
 
 TABLE_FORMAT = "adadiff-reward-table"
 TABLE_VERSION = 1
+MAX_DESCRIPTION_BYTES = 256 * 2**20  # table.json of a million prompts
 FEATURE_DTYPE = torch.float16
 _TEMPORARY_MARK = ".partial-"
 
@@ -99,16 +102,18 @@ class TableFolder:
 
     def read_description(self) -> dict:
         try:
-            description = json.loads(self.description_file.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TrainerInputError(f"{self.folder}: no reward table here (table.json is missing); make one with "
-                                    "`adadiff-train generate`") from None
-        except json.JSONDecodeError as error:
-            raise TrainerInputError(f"{self.description_file}: damaged ({error}); delete the folder and generate "
-                                    "the table again") from None
-        if description.get("format") != TABLE_FORMAT or description.get("version") != TABLE_VERSION:
+            description = parse_json(read_regular_file(self.description_file, MAX_DESCRIPTION_BYTES),
+                                     str(self.description_file))
+        except BadInputError as error:
+            if error.kind == "missing":
+                raise TrainerInputError(f"{self.folder}: no reward table here (table.json is missing); make one with "
+                                        "`adadiff-train generate`") from None
+            raise TrainerInputError(f"{error}; delete the folder and generate the table again") from None
+        if (not isinstance(description, dict) or description.get("format") != TABLE_FORMAT
+                or description.get("version") != TABLE_VERSION):
             raise TrainerInputError(f"{self.folder}: not a version-{TABLE_VERSION} AdaDiff reward table; generate "
                                     "it again with this version")
+        _check_description(self.description_file, description)
         return description
 
     def has(self, name: str) -> bool:
@@ -119,7 +124,12 @@ class TableFolder:
         write_atomically(tensors, self.units / name, {"process": str(process)})
 
     def read(self, name: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.units / name))
+        path = self.units / name
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors' own parser: any failure means a damaged piece
+            raise TrainerInputError(f"{path}: this piece of the reward table is damaged ({short_text(error, 120)}); "
+                                    "delete it and rerun the same generate command to make it again") from None
 
     def remove(self, name: str) -> None:
         (self.units / name).unlink(missing_ok=True)
@@ -159,6 +169,13 @@ class RewardTable:
                            self.iqs[index], {k: v[index] for k, v in self.components.items()}, self.time_s[index],
                            self.description)
 
+    def seed_subset(self, indices: list[int]) -> "RewardTable":
+        """The results of some seeds only (positions in ``seeds``), for fitting on some seeds and judging on others."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return RewardTable(self.prompts, self.options, tuple(self.seeds[i] for i in indices), self.features,
+                           self.iqs[:, index], {k: v[:, index] for k, v in self.components.items()},
+                           self.time_s[:, index], self.description)
+
 
 def load_table(folder: str | Path) -> RewardTable:
     """Merge a finished table's pieces, whichever processes wrote them; refuse an unfinished table."""
@@ -169,15 +186,24 @@ def load_table(folder: str | Path) -> RewardTable:
         raise TrainerInputError(f"{table.folder}: the reward table is unfinished ({len(missing)} pieces missing, "
                                 f"e.g. {missing[0]}); rerun the same generate command to complete it")
     prompts, options, seeds = description["prompts"], description["options"], description["seeds"]
-    tokens, masks, pooled, rows = [], [], [], []
-    for chunk in range(chunk_count(len(prompts), description["batch_size"])):
+    batch_size = description["batch_size"]
+    tokens, masks, pooled, rows, first = [], [], [], [], None
+    for chunk in range(chunk_count(len(prompts), batch_size)):
+        size = len(prompts[chunk * batch_size:(chunk + 1) * batch_size])
         features = table.read(features_name(chunk))
+        _check_features(table.units / features_name(chunk), features, size, first)
+        first = first or features
         tokens.append(features["tokens"])
         masks.append(features["mask"])
         if "pooled" in features:
             pooled.append(features["pooled"])
-        rows.append([[table.read(unit_name(chunk, s, o)) for o in options] for s in seeds])
+        rows.append([[_checked_unit(table, unit_name(chunk, s, o), size) for o in options] for s in seeds])
     names = sorted(rows[0][0][0])
+    for name, unit in ((unit_name(c, s, o), rows[c][i][j]) for c in range(len(rows)) for i, s in enumerate(seeds)
+                       for j, o in enumerate(options)):
+        if sorted(unit) != names:
+            raise TrainerInputError(f"{table.units / name}: holds the scores {sorted(unit)}, other pieces "
+                                    f"{names}: {_REMAKE}")
     merged = {name: torch.cat([torch.stack([torch.stack([unit[name] for unit in per_seed], -1) for per_seed in chunk],
                                            1) for chunk in rows]).float() for name in names}
     tokens, masks = _pad_tokens(tokens, masks)
@@ -185,6 +211,71 @@ def load_table(folder: str | Path) -> RewardTable:
         prompts=tuple(prompts), options=tuple(options), seeds=tuple(seeds),
         features=PolicyFeatures(tokens, masks, torch.cat(pooled) if pooled else None),
         iqs=merged.pop("iqs"), time_s=merged.pop("time_s"), components=merged, description=description)
+
+
+_REMAKE = "the pieces come from different runs; delete the folder and generate the table again"
+_REMAKE_PIECE = "delete this piece and rerun the same generate command to make it again"
+
+
+def _check_description(path: Path, description: dict) -> None:
+    """The fields load_table relies on, each of the right kind; duplicated prompts are refused because the
+    train/validation split (and held-out evaluation) must never see one prompt on both sides."""
+    problems = []
+    prompts, options, seeds = (description.get(key) for key in ("prompts", "options", "seeds"))
+    if not (isinstance(prompts, list) and prompts and all(isinstance(p, str) for p in prompts)):
+        problems.append("'prompts' must be a list of texts")
+    for key, values in (("options", options), ("seeds", seeds)):
+        if not (isinstance(values, list) and values and all(type(v) is int and v >= 0 for v in values)):
+            problems.append(f"'{key}' must be a list of whole numbers")
+    batch_size = description.get("batch_size")
+    if not (type(batch_size) is int and batch_size >= 1):
+        problems.append("'batch_size' must be a whole number of at least 1")
+    if problems:
+        raise TrainerInputError(f"{path}: damaged ({'; '.join(problems)}); delete the folder and generate the table "
+                                "again")
+    first_position: dict[str, int] = {}
+    for position, prompt in enumerate(prompts):
+        if prompt in first_position:
+            raise TrainerInputError(f"{path}: prompt {first_position[prompt]} and prompt {position} are the same "
+                                    f"({short_text(repr(prompt), 60)}); a prompt may appear once, or it would be "
+                                    "both trained and validated on. Generate the table from a file without repeats")
+        first_position[prompt] = position
+
+
+def _check_features(path: Path, features: dict[str, torch.Tensor], size: int, first: dict | None) -> None:
+    """One chunk's policy input: ``size`` rows, finite, shaped like the ``first`` chunk's (width, pooled vector)."""
+    tokens, mask, pooled = features.get("tokens"), features.get("mask"), features.get("pooled")
+    if tokens is None or mask is None or tokens.dim() != 3 or tuple(mask.shape) != tuple(tokens.shape[:2]):
+        raise TrainerInputError(f"{path}: no [prompts, tokens, width] token states with their mask; {_REMAKE_PIECE}")
+    if tokens.shape[0] != size or (pooled is not None and (pooled.dim() != 2 or pooled.shape[0] != size)):
+        raise TrainerInputError(f"{path}: holds {tokens.shape[0]} rows, its chunk has {size} prompts; {_REMAKE}")
+    if first is not None:
+        if tokens.shape[-1] != first["tokens"].shape[-1]:
+            raise TrainerInputError(f"{path}: token states {tokens.shape[-1]} wide, the first chunk's are "
+                                    f"{first['tokens'].shape[-1]}; {_REMAKE}")
+        first_pooled = first.get("pooled")
+        if (pooled is None) != (first_pooled is None) or (pooled is not None and pooled.shape[1] != first_pooled.shape[1]):
+            raise TrainerInputError(f"{path}: its pooled vector differs from the first chunk's; {_REMAKE}")
+    for name, values in (("token states", tokens), ("pooled vector", pooled)):
+        if values is not None and not torch.isfinite(values).all():
+            raise TrainerInputError(f"{path}: the {name} hold NaN or Inf values (the text encoder overflowed?); "
+                                    f"{_REMAKE_PIECE}")
+
+
+def _checked_unit(table: TableFolder, name: str, size: int) -> dict[str, torch.Tensor]:
+    """One chunk/seed/option piece: IQS and time for each of the chunk's ``size`` prompts, all finite."""
+    path = table.units / name
+    unit = table.read(name)
+    if "iqs" not in unit or "time_s" not in unit:
+        raise TrainerInputError(f"{path}: has no 'iqs' or 'time_s' scores; {_REMAKE_PIECE}")
+    for score, values in unit.items():
+        if tuple(values.shape) != (size,):
+            raise TrainerInputError(f"{path}: '{short_text(score, 40)}' has shape {tuple(values.shape)}, the chunk has "
+                                    f"{size} prompts; {_REMAKE}")
+        if not torch.isfinite(values.float()).all():
+            raise TrainerInputError(f"{path}: '{short_text(score, 40)}' holds NaN or Inf values (a failing reward "
+                                    f"backend?); {_REMAKE_PIECE}")
+    return unit
 
 
 def _pad_tokens(tokens: list[torch.Tensor], masks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

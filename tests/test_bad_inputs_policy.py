@@ -1,0 +1,382 @@
+"""Bad input to the policy side (issue 13): files, metadata, conditioning and knobs each get the documented error.
+
+Every crafted policy file must make ``load_policy`` raise :class:`PolicyFileError` naming the file and the problem,
+and ``python -m adadiff.policy inspect`` exit 2 with the same message: never a traceback, a hang or gigabytes of
+memory. Decisions refuse input they cannot read instead of silently choosing the fewest steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from adadiff.policy import (PolicyCache, PolicyConfig, PolicyFeatures, PolicyFileError, choose_steps, init_policy,
+                            load_policy, read_metadata, save_policy)
+from adadiff.policy.__main__ import main as policy_cli
+from adadiff.policy.describe import printable
+from policy_helpers import random_conditioning, write_crafted_policy
+
+SMALL = PolicyConfig(options=(2, 4, 8), width=16, heads=2, depth=1, token_dim=32)
+INFO = {"model_family": "sd15", "base_model": {"name": "tiny", "fingerprint": "sha256:ab"}, "sampling": {"guidance": 2}}
+
+
+@pytest.fixture(autouse=True)
+def no_hang():
+    """A test that blocks (e.g. on a FIFO) fails after 60 s instead of stopping the suite."""
+    def timed_out(*_):
+        raise TimeoutError("blocked for 60 s")
+
+    previous = signal.signal(signal.SIGALRM, timed_out)
+    signal.alarm(60)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def _good_file(folder):
+    return save_policy(init_policy(SMALL, seed=1, info=INFO), folder / "good.safetensors")
+
+
+def _written(folder, data: bytes):
+    path = folder / "written.safetensors"
+    path.write_bytes(data)
+    return path
+
+
+def _rewritten(folder, *, metadata=None, config=None, info=None, tensors=None):
+    """A copy of a good policy file with parts replaced (as a user's crafted download would have them)."""
+    with safe_open(str(_good_file(folder)), "pt") as handle:
+        meta = dict(handle.metadata())
+        weights = {name: handle.get_tensor(name) for name in handle.keys()}
+    if config is not None:
+        meta["config"] = config if isinstance(config, str) else json.dumps({**json.loads(meta["config"]), **config})
+    if info is not None:
+        meta["info"] = info if isinstance(info, str) else json.dumps(info)
+    meta.update(metadata or {})
+    path = folder / "crafted.safetensors"
+    save_file(tensors(weights) if tensors else weights, str(path), metadata=meta)
+    return path
+
+
+def _raw_header_file(folder, header: dict | bytes, data: bytes = b""):
+    """A file laid out as safetensors with an arbitrary header."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    path = folder / "crafted.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    return path
+
+
+def _with_tensor(name, value):
+    def change(weights):
+        weights[name] = value if not callable(value) else value(weights[name])
+        return weights
+    return change
+
+
+def _deep(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def _sparse_file(folder, size):
+    path = folder / "huge.safetensors"
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+def _fifo(folder):
+    path = folder / "fifo.safetensors"
+    os.mkfifo(path)
+    return path
+
+
+def _link(folder, target):
+    path = folder / "link.safetensors"
+    path.symlink_to(target)
+    return path
+
+
+BAD_FILES = {
+    # kind of file: (how to make it, words the message must hold)
+    "missing": (lambda d: d / "nope.safetensors", "no such policy file"),
+    "dangling-link": (lambda d: _link(d, d / "deleted.safetensors"), "no such policy file"),
+    "folder": (lambda d: d, "is a folder"),
+    "link-to-dev-zero": (lambda d: _link(d, "/dev/zero"), "character device, not a regular file"),
+    "fifo": (_fifo, "FIFO (named pipe), not a regular file"),
+    "300-char-name": (lambda d: d / ("p" * 300 + ".safetensors"), "cannot be opened (File name too long)"),
+    "empty": (lambda d: _written(d, b""), "0 bytes long"),
+    "2-GB-sparse": (lambda d: _sparse_file(d, 2 * 2**30), "larger than the 256.0 MB"),
+    "pickle": (lambda d: _written(d, b"\x80\x04K\x01."), "pickle"),
+    "zip": (lambda d: _written(d, b"PK\x03\x04" + b"\0" * 40), "zip"),
+    "header-length-beyond-file": (lambda d: _raw_header_file(d, struct.pack("<Q", 2**40)), "truncated"),
+    "header-of-100-MB-declared": (lambda d: _raw_header_file(d, b"{" + b" " * (17 * 2**20) + b"}"), "MB header"),
+    "header-not-an-object": (lambda d: _raw_header_file(d, [1, 2]), "not a JSON object"),
+    "header-nested-100000": (lambda d: _raw_header_file(d, _deep(100000).encode()), "nested 100000 levels"),
+    "header-not-utf8": (lambda d: _raw_header_file(d, b'{"\xff": 1}'), "not UTF-8"),
+    "header-tensor-entry-damaged": (lambda d: _raw_header_file(d, {
+        "__metadata__": {"format": "adadiff-policy", "format_version": "1", "config": json.dumps(SMALL.to_dict()),
+                         "info": "{}"},
+        **{name: {"dtype": "F32", "shape": "many", "data_offsets": [0, 4]}
+           for name in init_policy(SMALL).state_dict()}}), "is damaged"),
+    "safetensors-but-no-metadata": (lambda d: save_file({"w": torch.zeros(2)}, str(d / "l.safetensors"))
+                                    or d / "l.safetensors", "not an AdaDiff policy"),
+    "format-version-as-number": (lambda d: _raw_header_file(d, {"__metadata__": {
+        "format": "adadiff-policy", "format_version": 1}}), "['format_version'] is not text"),
+    "format-version-newer": (lambda d: _rewritten(d, metadata={"format_version": "2"}), "update AdaDiff"),
+    "format-version-garbage": (lambda d: _rewritten(d, metadata={"format_version": "v1"}),
+                               "reads only version 1"),
+    "config-missing": (lambda d: _raw_header_file(d, {"__metadata__": {
+        "format": "adadiff-policy", "format_version": "1"}}), "metadata 'config' is missing"),
+    "config-not-json": (lambda d: _rewritten(d, config="{oops"), "metadata 'config': is not valid JSON"),
+    "config-a-list": (lambda d: _rewritten(d, config="[1]"), "should be a JSON object, got a JSON array"),
+    "config-nested-10000": (lambda d: _rewritten(d, config=_deep(10000)), "nested 10000 levels deep"),
+    "config-5000-digit-number": (lambda d: _rewritten(d, config='{"width": ' + "9" * 5000 + "}"),
+                                 "5000-digit number"),
+    "config-NaN": (lambda d: _rewritten(d, config='{"dropout": NaN}'), "NaN, which is not a JSON number"),
+    "config-1e999": (lambda d: _rewritten(d, config='{"dropout": 1e999}'), "beyond the range of a float"),
+    "config-dropout-string": (lambda d: _rewritten(d, config={"dropout": "0.1"}), "dropout must be a number"),
+    "config-width-float": (lambda d: _rewritten(d, config={"width": 16.5}), "width must be a whole number"),
+    "config-options-text": (lambda d: _rewritten(d, config={"options": "2,4"}), "network settings are invalid"),
+    "config-unknown-key": (lambda d: _rewritten(d, config={"layers": 3}), "unknown policy settings"),
+    # what the review's 627 KB file claimed: a network of ~1e9 parameters (4 GB in fp32) over a few KB of weights
+    "config-huge-network": (lambda d: write_crafted_policy(d / "huge.safetensors", SMALL.options)
+                            or d / "huge.safetensors", "has shape"),
+    "info-nested-10000": (lambda d: _rewritten(d, info=_deep(10000)), "nested 10000 levels deep"),
+    "info-a-string": (lambda d: _rewritten(d, info='"sd15"'), "should be a JSON object, got the text"),
+    "info-base-model-a-string": (lambda d: _rewritten(d, info={**INFO, "base_model": "tiny"}),
+                                 "'base_model' should be a JSON object"),
+    "info-sampling-a-list": (lambda d: _rewritten(d, info={**INFO, "sampling": [1]}),
+                             "'sampling' should be a JSON object"),
+    "info-model-family-a-number": (lambda d: _rewritten(d, info={**INFO, "model_family": 15}),
+                                   "'model_family' should be text"),
+    "tensor-fp8": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", lambda t: t.to(torch.float8_e4m3fn))),
+                   "stored as F8_E4M3"),
+    "tensor-int": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", lambda t: t.long())), "stored as I64"),
+    "tensor-bool": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", lambda t: t > 0)), "stored as BOOL"),
+    "tensor-nan": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", lambda t: t * math.nan)), "NaN or Inf"),
+    "tensor-inf": (lambda d: _rewritten(d, tensors=_with_tensor("head.0.weight", lambda t: t / 0)), "NaN or Inf"),
+    "tensor-wrong-shape": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", torch.zeros(5))), "has shape"),
+    "tensor-missing": (lambda d: _rewritten(d, tensors=lambda w: {k: v for k, v in w.items() if k != "head.2.bias"}),
+                       "missing ['head.2.bias']"),
+    "tensor-extra": (lambda d: _rewritten(d, tensors=_with_tensor("evil", torch.zeros(1))), "unexpected ['evil']"),
+    "data-truncated": (lambda d: _written(d, _good_file(d).read_bytes()[:-40]), "the weights cannot be read"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_every_bad_policy_file_gets_a_clear_error_from_load_inspect_and_listing(tmp_path, capsys, kind):
+    make, words = BAD_FILES[kind]
+    path = make(tmp_path)
+    with pytest.raises(PolicyFileError) as loading:
+        load_policy(path)
+    message = str(loading.value)
+    assert words in message, message
+    assert str(path)[:40] in message  # the file is named (a 300-character name shortened)
+    with pytest.raises(PolicyFileError, match="."):
+        read_metadata(path)  # what hosts list and `inspect` shows: the same checks
+    assert policy_cli(["inspect", str(path)]) == 2
+    assert words in capsys.readouterr().err
+    with pytest.raises(PolicyFileError):
+        PolicyCache().load(path)
+
+
+def test_inspect_subprocess_exits_2_without_traceback_on_a_refused_file(tmp_path):
+    path = BAD_FILES["tensor-nan"][0](tmp_path)
+    result = subprocess.run([sys.executable, "-m", "adadiff.policy", "inspect", str(path)], capture_output=True,
+                            text=True)
+    assert result.returncode == 2 and "NaN or Inf" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_crafted_huge_config_is_refused_without_allocating(tmp_path):
+    """The network is never built from a config the tensors do not match: peak memory stays near the file's size."""
+    path = BAD_FILES["config-huge-network"][0](tmp_path)
+    code = ("import resource, sys\nfrom adadiff.policy import load_policy, PolicyFileError\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    load_policy(sys.argv[1])\nexcept PolicyFileError as e:\n    print('refused:', e)\n"
+            "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert "refused:" in result.stdout and "has shape" in result.stdout, result.stdout + result.stderr
+    grew_mb = int(result.stdout.split("grew_kb")[1]) / 1024
+    assert grew_mb < 100, f"refusing a crafted file raised peak memory by {grew_mb:.0f} MB"
+
+
+# --- property-based: any JSON in the metadata, any text in it ---------------------------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20)
+config_values = st.fixed_dictionaries({}, optional={
+    name: json_values | st.integers(0, 40) for name in ("options", "token_dim", "pooled_dim", "width", "depth",
+                                                        "heads", "ff_mult", "dropout")})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(config=config_values, info=json_values)
+def test_any_json_metadata_loads_or_is_refused_and_inspect_agrees(tmp_path, capsys, config, info):
+    path = _rewritten(tmp_path, config=json.dumps(config), info=json.dumps(info))
+    try:
+        load_policy(path)
+        loaded = True
+    except PolicyFileError:
+        loaded = False
+    assert policy_cli(["inspect", str(path)]) == (0 if loaded else 2)
+    capsys.readouterr()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(min_size=1, max_size=60))
+def test_inspect_shows_metadata_text_without_control_characters(tmp_path, capsys, text):
+    name_with_escapes = f"\x1b[2J\x1b]0;owned\x07{text}\nAdaDiff policy fake.safetensors\u202e"
+    path = _rewritten(tmp_path, info={"model_family": name_with_escapes, "base_model": {"name": text},
+                                      "summary": {text: name_with_escapes}})
+    assert policy_cli(["inspect", str(path)]) == 0
+    shown = capsys.readouterr().out
+    assert not any(not c.isprintable() for line in shown.splitlines() for c in line)
+    assert len(shown.splitlines()) == 10  # the fake line stayed inside its own
+    assert "\\x1b[2J" in shown
+
+
+@given(text=st.text())
+def test_printable_output_is_one_visible_line(text):
+    shown = printable(text)
+    assert shown.isprintable() and len(shown) <= 4 * 200 + 40
+
+
+# --- decisions ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return init_policy(PolicyConfig(options=(5, 10, 20), token_dim=32, pooled_dim=8, width=16, heads=2, depth=1))
+
+
+def _features(batch=2, tokens=5, poison=None):
+    features = PolicyFeatures(torch.randn(batch, tokens, 32), torch.ones(batch, tokens, dtype=torch.bool),
+                              torch.randn(batch, 8))
+    if poison:
+        poison(features)
+    return features
+
+
+BAD_DECISIONS = {
+    "nan-token": (dict(conditioning=_features(poison=lambda f: f.tokens[1, 3, 7].fill_(math.nan))),
+                  "NaN or Inf values (token states of prompt(s) 1)"),
+    "inf-token": (dict(conditioning=_features(poison=lambda f: f.tokens[0, 0, 0].fill_(math.inf))), "NaN or Inf"),
+    "nan-padding-too": (dict(conditioning=_features(poison=lambda f: f.tokens.fill_(math.nan))), "NaN or Inf"),
+    "inf-pooled": (dict(conditioning=_features(poison=lambda f: f.pooled[1, 0].fill_(-math.inf))),
+                   "pooled vector of prompt(s) 1"),
+    "all-masked-row": (dict(conditioning=_features(poison=lambda f: f.mask[1].fill_(False))),
+                       "row(s) 1 hold no real token"),
+    "bias-+inf": (dict(quality_bias=math.inf), "quality_bias must be a finite number"),
+    "bias--inf": (dict(quality_bias=-math.inf), "quality_bias must be a finite number"),
+    "bias-nan": (dict(quality_bias=math.nan), "quality_bias must be a finite number"),
+    "bias-text": (dict(quality_bias="high"), "quality_bias must be a finite number"),
+    "bias-none": (dict(quality_bias=None), "quality_bias must be a finite number"),
+    "max-steps-0": (dict(max_steps=0), "max_steps must be a whole number of at least 1"),
+    "max-steps-negative": (dict(max_steps=-5), "max_steps must be a whole number of at least 1"),
+    "min-steps-0": (dict(min_steps=0), "min_steps must be a whole number of at least 1"),
+    "max-steps-fraction": (dict(max_steps=2.5), "max_steps must be a whole number"),
+    "max-steps-true": (dict(max_steps=True), "max_steps must be a whole number"),
+    "min-above-max": (dict(min_steps=30, max_steps=10), "min_steps (30) is larger than max_steps (10)"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD_DECISIONS)
+def test_every_bad_decision_request_is_refused_with_a_clear_error(policy, kind):
+    request, words = BAD_DECISIONS[kind]
+    request = {"conditioning": _features(), **request}
+    with pytest.raises(ValueError) as error:
+        choose_steps(policy, request.pop("conditioning"), **request)
+    assert words in str(error.value)
+
+
+@settings(max_examples=60, deadline=None)
+@given(batch=st.integers(1, 3), row=st.integers(0, 2), token=st.integers(0, 4), channel=st.integers(0, 31),
+       value=st.sampled_from([math.nan, math.inf, -math.inf]), dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_one_non_finite_element_anywhere_is_refused(policy, batch, row, token, channel, value, dtype):
+    tokens = random_conditioning(batch, tokens=5, width=32).to(dtype)
+    tokens[row % batch, token, channel] = value
+    features = PolicyFeatures(tokens, torch.ones(batch, 5, dtype=torch.bool), torch.zeros(batch, 8))
+    with pytest.raises(ValueError, match=f"prompt\\(s\\) {row % batch}"):
+        choose_steps(policy, features)
+
+
+@settings(max_examples=60, deadline=None)
+@given(bias=st.floats(allow_nan=True, allow_infinity=True))
+def test_any_finite_bias_decides_and_any_other_is_refused(policy, bias):
+    if math.isfinite(bias):
+        assert choose_steps(policy, _features(), quality_bias=bias).steps in (5, 10, 20)
+    else:
+        with pytest.raises(ValueError, match="finite"):
+            choose_steps(policy, _features(), quality_bias=bias)
+
+
+# --- saving and the cache ----------------------------------------------------------------------------------------
+
+
+def test_concurrent_saves_to_one_path_never_collide(tmp_path):
+    """Each save writes its own temporary file, so two processes (or threads) saving at once both succeed and the
+    file holds one of the two complete policies."""
+    path = tmp_path / "shared.safetensors"
+    policies = [init_policy(SMALL, seed=seed) for seed in (1, 2)]
+    errors, start = [], threading.Barrier(2)
+
+    def save_many(policy):
+        start.wait()
+        for _ in range(25):
+            try:
+                save_policy(policy, path)
+            except Exception as error:  # noqa: BLE001  collected and asserted below
+                errors.append(error)
+
+    threads = [threading.Thread(target=save_many, args=(p,)) for p in policies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    saved = load_policy(path).state_dict()["head.2.bias"]
+    assert any(torch.equal(saved, p.state_dict()["head.2.bias"]) for p in policies)
+    assert not [p for p in tmp_path.iterdir() if p != path], "temporary files were left behind"
+
+
+def test_cache_reloads_a_same_size_replacement_that_kept_the_old_mtime(tmp_path):
+    path = save_policy(init_policy(SMALL, seed=1), tmp_path / "p.safetensors")
+    before = os.stat(path)
+    cache = PolicyCache()
+    first = cache.load(path)
+    retrained = init_policy(SMALL, seed=2)
+    replacement = save_policy(retrained, tmp_path / "new.safetensors")
+    assert replacement.stat().st_size == before.st_size
+    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or an archive would
+    os.replace(replacement, path)
+    reloaded = cache.load(path)
+    assert reloaded is not first
+    assert torch.equal(reloaded.state_dict()["head.2.bias"], retrained.state_dict()["head.2.bias"])
+
+
+def test_cache_reloads_a_same_size_file_rewritten_in_place_with_the_old_mtime(tmp_path):
+    path = save_policy(init_policy(SMALL, seed=1), tmp_path / "p.safetensors")
+    before = os.stat(path)
+    cache = PolicyCache()
+    first = cache.load(path)
+    retrained = init_policy(SMALL, seed=2)
+    data = save_policy(retrained, tmp_path / "new.safetensors").read_bytes()
+    with open(path, "r+b") as handle:  # same inode, same size
+        handle.write(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert cache.load(path) is not first
