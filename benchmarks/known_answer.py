@@ -24,6 +24,10 @@ from adadiff.trainer.fit import fit_policy
 from adadiff.trainer.known_answer import known_answer_table
 
 
+FIT_FLAGS = ("objective", "tolerance_pct", "lr", "weight_decay", "max_updates", "patience", "fit_batch_size",
+             "policy_width", "policy_depth")
+
+
 def judge(sigma: float | None, args, settings: FitSettings) -> dict:
     """Fit on one training table and judge on its held-out twin; sigma None = the no-signal table (sigma 0.01)."""
     noise = 0.01 if sigma is None else sigma
@@ -65,14 +69,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256, help="token state width (768 = SD1.5; smaller is faster)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="also write the figures to this JSON file")
-    for name in ("objective", "tolerance_pct", "lr", "weight_decay", "max_updates", "patience", "fit_batch_size"):
+    for name in FIT_FLAGS:
         parser.add_argument("--" + name.replace("_", "-"), type=type(getattr(FitSettings, name)),
                             default=getattr(FitSettings, name))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    settings = FitSettings(**{name: getattr(args, name) for name in ("objective", "tolerance_pct", "lr",
-                                                                     "weight_decay", "max_updates", "patience",
-                                                                     "fit_batch_size")})
+    settings = FitSettings(**{name: getattr(args, name) for name in FIT_FLAGS})
     print(f"known-answer benchmark: {args.train_prompts} training / {args.test_prompts} held-out prompts x "
           f"{args.seeds} seeds, token width {args.width}, {args.threads} thread(s); fit: {settings}")
     rows = []
