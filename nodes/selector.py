@@ -24,7 +24,8 @@ class AdaDiffStepSelector(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The positive prompt's conditioning (from CLIP Text "
                                                           "Encode); the policy judges the prompt from it."),
                 *step_policy_inputs(),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                # "simple" is what a new KSampler shows (its list's first entry), so a fresh selector matches it.
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
                                tooltip="Scheduler for the 'sigmas' output; match the sampler's. Unused without a "
                                        "model."),
                 io.Model.Input("model", optional=True,
