@@ -76,8 +76,9 @@ def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[li
         report_problem(p, job.requested_steps, str(error))
         return None
     except Exception as error:  # noqa: BLE001  the webui would swallow it; keep the job running with a loud note
-        log.exception("AdaDiff: reading the prompts' conditioning failed")
-        report_problem(p, job.requested_steps, f"reading the prompts' conditioning failed ({error!r})")
+        log.exception("AdaDiff: reading the prompts with the checkpoint's text encoder failed")
+        report_problem(p, job.requested_steps, f"reading the prompts with the checkpoint's text encoder failed "
+                                               f"({error!r})")
         return None
     fewest, reason = least_steps
     p.steps = max(choice.steps, fewest)

@@ -136,6 +136,7 @@ def test_loader_works_whatever_the_extension_folder_is_called(host, tmp_path):
     folder = tmp_path / "extensions" / "sd-webui-adadiff"
     folder.mkdir(parents=True)
     shutil.copy(REPO / "__init__.py", folder)
+    shutil.copy(REPO / "adadiff_policy.py", folder)  # the root command-line tool must not disturb the loader
     for part in ("policy", "a1111_script", "scripts"):
         shutil.copytree(REPO / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
     classes = webui.load_scripts(str(folder / "scripts" / "adadiff_steps.py"))
