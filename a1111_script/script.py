@@ -31,7 +31,8 @@ store = PolicyStore({
 FAMILY_WIDTHS = {"is_sdxl": 2048, "is_sd2": 1024, "is_sd1": 768}
 
 # Pasting an image's infotext (the paste button, PNG Info's "Send to") puts the user's own steps back into Sampling
-# steps, not the count AdaDiff chose, so that a job that later falls back runs what the user asked for.
+# steps, not the count AdaDiff chose, so that a job that later falls back runs what the user asked for. The webui
+# runs these callbacks for /sdapi/v1/png-info's parameters too; the infotext text itself keeps the count used.
 script_callbacks.on_infotext_pasted(lambda infotext, params: restore_requested_steps(params))
 
 

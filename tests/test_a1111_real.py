@@ -57,7 +57,14 @@ def pixels(image_b64: str) -> bytes:
 
 
 def parse_infotext(text: str) -> dict:
-    return call("/sdapi/v1/png-info", {"image": _png_with_infotext(text)})["parameters"]
+    """The webui's reading of an infotext, with ``Steps`` the count the image was made with.
+
+    ``/sdapi/v1/png-info`` answers with what a paste would restore (it runs the extensions' paste callbacks): for an
+    AdaDiff image its ``Steps`` is the user's requested count. That value is kept as ``Pasted steps``.
+    """
+    params = call("/sdapi/v1/png-info", {"image": _png_with_infotext(text)})["parameters"]
+    used = re.search(r"(?:^|, )Steps: (\d+)(?:,|$)", text.strip().splitlines()[-1])
+    return {**params, "Steps": used[1], "Pasted steps": str(params["Steps"])}
 
 
 def _png_with_infotext(text: str) -> str:
@@ -137,6 +144,7 @@ def test_each_prompt_runs_at_the_policys_steps_with_every_sampler(policy, sample
         for info in params:
             assert info["AdaDiff"] == settings_text(policy)
             assert "AdaDiff error" not in info
+            assert info["Pasted steps"] == str(USER_STEPS), "a paste must restore the user's own steps"
         assert_really_sampled(images, params, prompt, sampler_name=sampler)
 
 
