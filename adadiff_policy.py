@@ -3,7 +3,7 @@
 From the ComfyUI folder (or the webui folder, with ``extensions/<folder>/`` instead of ``custom_nodes/<folder>/``)::
 
     python custom_nodes/ComfyUI-AdaDiff/adadiff_policy.py inspect models/adadiff/my_policy.safetensors
-    python custom_nodes/ComfyUI-AdaDiff/adadiff_policy.py init --out models/adadiff/untrained.safetensors --token-dim 768
+    python custom_nodes/ComfyUI-AdaDiff/adadiff_policy.py init --out models/adadiff/new.safetensors --token-dim 768
 
 It is ``python -m adadiff.policy`` for a pack that is not installed as the ``adadiff`` package: it loads only the
 pack's ``policy`` package (torch and safetensors, no host code) by path, under a name no installed package uses.
