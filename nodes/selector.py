@@ -5,7 +5,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from .step_inputs import CATEGORY, decide_steps, fingerprint_policy_inputs, step_policy_inputs
+from .step_inputs import CATEGORY, check_policy_name, decide_steps, fingerprint_policy_inputs, step_policy_inputs
 
 SIGMAS_OUTPUT = 1  # position of the SIGMAS output, as links in the prompt refer to it
 
@@ -65,6 +65,10 @@ class AdaDiffStepSelector(io.ComfyNode):
             isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id and value[1] == SIGMAS_OUTPUT
             for node in prompt.values() for value in node.get("inputs", {}).values()
         )
+
+    @classmethod
+    def validate_inputs(cls, policy=None):
+        return check_policy_name(policy)
 
     @classmethod
     def fingerprint_inputs(cls, **inputs):

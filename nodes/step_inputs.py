@@ -38,6 +38,24 @@ def policy_tooltip(any_policy: bool) -> str:
             "(refresh node definitions) or reload the page.")
 
 
+def check_policy_name(policy: str | None) -> bool | str:
+    """ComfyUI's check of the policy widget before a prompt runs: True, or what is wrong and where policies go.
+
+    It replaces ComfyUI's own "Value not in list", which names neither the folder nor what to do. A linked value
+    (None here) is checked when the node runs.
+    """
+    if policy is None:
+        return True
+    names = policy_names()
+    if policy in names:
+        return True
+    folders = " or ".join(policy_folders())
+    if not names:
+        return (f"no step policy found in {folders}; put a .safetensors policy file there, press R (refresh node "
+                "definitions) and pick it")
+    return f"policy file '{policy}' is not in {folders}; put it there and press R, or pick one of the listed policies"
+
+
 def decide_steps(positive, policy: str, min_steps: int, max_steps: int, quality_bias: float) -> StepChoice:
     """One step count for the whole conditioning batch: the most demanding prompt's, within the limits.
 

@@ -56,7 +56,8 @@ def comfy(tmp_path_factory):
     server.start("--extra-model-paths-config", str(extra_paths))
     # What a first start shows: the pack made models/adadiff/, and the empty list says where policies go.
     server.first_start = {"policy_folder_made": policies.is_dir(),
-                          "policy_input": server.object_info("AdaDiffStepSelector")["input"]["required"]["policy"]}
+                          "policy_input": server.object_info("AdaDiffStepSelector")["input"]["required"]["policy"],
+                          "prompt_answer": server.submit(_selector_graph("any.safetensors"))}
     _write_policy(policies / "two.safetensors", favourite=2)
     _write_policy(policies / "three.safetensors", favourite=3)
     # Prefers 1 step by a margin the quality knob can overcome: at +1 it adds 2.5 to option 2 and 5 to option 3.
@@ -174,6 +175,10 @@ def test_first_start_makes_the_policy_folder_and_the_empty_list_says_where_polic
     assert hint.startswith("No step policy found") and str(comfy.base_dir / "models" / "adadiff") in hint
     _, listed = comfy.object_info("AdaDiffStepSelector")["input"]["required"]["policy"]
     assert "No step policy" not in listed["tooltip"], "with policies present the tooltip describes the list"
+    status, body = comfy.first_start["prompt_answer"]
+    (error,) = body["node_errors"]["5"]["errors"]
+    assert status == 400 and error["details"].startswith("policy - no step policy found in ")
+    assert str(comfy.base_dir / "models" / "adadiff") in error["details"]
 
 
 def test_pack_loads_without_warnings(comfy):
@@ -374,6 +379,28 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(comfy, graph, pr
     follow_up = comfy.run(_selector_graph("two.safetensors", text=f"after {problem}"))
     assert follow_up.status == "success", follow_up.error
     assert follow_up.sampled_steps("6") == 2
+
+
+def _all_in_one_graph(policy: str) -> dict:
+    graph = _prompt_nodes("all in one")
+    graph["6"] = {"class_type": "AdaDiffKSampler", "inputs": {
+        "model": ["1", 0], "seed": 3, "policy": policy, "min_steps": 1, "max_steps": 1000, "quality_bias": 0.0,
+        "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0],
+        "latent_image": ["4", 0], "denoise": 1.0}}
+    graph.update(_decode_and_preview(("6", 0)))
+    return graph
+
+
+@pytest.mark.parametrize("graph, node", [(lambda: _selector_graph("absent.safetensors"), "5"),
+                                         (lambda: _all_in_one_graph("absent.safetensors"), "6")],
+                         ids=["selector", "all-in-one"])
+def test_a_policy_not_in_the_folders_is_refused_naming_them(comfy, graph, node):
+    """Instead of ComfyUI's bare "Value not in list" (e.g. a template or shared workflow naming a policy you lack)."""
+    status, body = comfy.submit(graph())
+    assert status == 400
+    (error,) = body["node_errors"][node]["errors"]
+    assert "policy file 'absent.safetensors' is not in " in error["details"]
+    assert str(comfy.base_dir / "models" / "adadiff") in error["details"] and "press R" in error["details"]
 
 
 # --- cost -----------------------------------------------------------------------------------------------------------
