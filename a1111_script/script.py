@@ -27,8 +27,8 @@ store = PolicyStore({
     "models/adadiff": MODELS_POLICY_FOLDER,
     f"extensions/{EXTENSION_POLICY_FOLDER.parent.name}/policies": EXTENSION_POLICY_FOLDER,
 })
-# Conditioning width of each model family the webui flags on its loaded checkpoint (``sd_model.is_sdxl`` ...).
-FAMILY_WIDTHS = {"is_sdxl": 2048, "is_sd2": 1024, "is_sd1": 768}
+# The model families the webui flags on its loaded checkpoint, by flag.
+FAMILY_FLAGS = {"is_sdxl": "SDXL", "is_sd2": "SD2.x", "is_sd1": "SD1.x"}
 
 # Pasting an image's infotext (the paste button, PNG Info's "Send to") puts the user's own steps back into Sampling
 # steps, not the count AdaDiff chose, so that a job that later falls back runs what the user asked for. The webui
@@ -51,13 +51,13 @@ def sampler_least_steps(p) -> tuple[int, str]:
     return 1, ""
 
 
-def checkpoint_conditioning_width() -> int | None:
-    """How wide the loaded checkpoint's text conditioning is, when the webui says which family it is."""
+def checkpoint_family() -> str | None:
+    """The loaded checkpoint's model family, when the webui flags it as one AdaDiff knows."""
     try:
         model = shared.sd_model
     except Exception:  # noqa: BLE001  no checkpoint loaded (or loading failed): nothing to compare with
         return None
-    return next((width for flag, width in FAMILY_WIDTHS.items() if getattr(model, flag, False) is True), None)
+    return next((family for flag, family in FAMILY_FLAGS.items() if getattr(model, flag, False)), None)
 
 
 class AdaDiffAccordion(scripts.Script):
@@ -70,7 +70,7 @@ class AdaDiffAccordion(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        enabled, controls = accordion_controls(store, self.elem_id, checkpoint_conditioning_width)
+        enabled, controls = accordion_controls(store, self.elem_id, checkpoint_family)
         self.infotext_fields = [(enabled, paste_enabled), *controls.paste_fields()]
         return [enabled, *controls.as_list()]
 
@@ -99,7 +99,7 @@ class AdaDiffPerPromptScript(scripts.Script):
         return True
 
     def ui(self, is_img2img):
-        controls = policy_controls(store, self.elem_id, checkpoint_conditioning_width)
+        controls = policy_controls(store, self.elem_id, checkpoint_family)
         return [*controls.as_list(), prompt_list_box(self.elem_id)]
 
     def run(self, p, policy, knob, min_steps, max_steps, prompt_lines):

@@ -43,11 +43,11 @@ class PolicyControls:
 
 
 def policy_controls(store: PolicyStore, elem_id: Callable[[str], str],
-                    checkpoint_width: Callable[[], int | None]) -> PolicyControls:
+                    checkpoint_family: Callable[[], str | None]) -> PolicyControls:
     """Policy dropdown with refresh button and description, the quality/speed knob and the step limits.
 
-    ``checkpoint_width`` tells the loaded checkpoint's conditioning width (None when unknown), so the description
-    warns about a policy made for another model family.
+    ``checkpoint_family`` tells the loaded checkpoint's model family (a key of ``CONDITIONING_WIDTHS``, None when
+    unknown), so the description warns about a policy made for another family.
     """
     names = store.names()
     with gr.Row():
@@ -57,7 +57,7 @@ def policy_controls(store: PolicyStore, elem_id: Callable[[str], str],
                                         elem_id("refresh_policies"))
 
     def about_text(name: str | None) -> str:
-        return describe_policy(store, name, checkpoint_width())
+        return describe_policy(store, name, checkpoint_family())
 
     about = gr.Textbox(value=about_text(policy.value), label="About this policy", lines=4, interactive=False,
                        elem_id=elem_id("about"))
@@ -78,11 +78,11 @@ def policy_controls(store: PolicyStore, elem_id: Callable[[str], str],
 
 
 def accordion_controls(store: PolicyStore, elem_id: Callable[[str], str],
-                       checkpoint_width: Callable[[], int | None]) -> tuple[object, PolicyControls]:
+                       checkpoint_family: Callable[[], str | None]) -> tuple[object, PolicyControls]:
     """The always-on accordion: an enable checkbox above the shared controls."""
     with gr.Accordion(label="AdaDiff", open=False, elem_id=elem_id("accordion")):
         enabled = gr.Checkbox(value=False, label="Choose the steps per prompt with AdaDiff", elem_id=elem_id("enabled"))
-        return enabled, policy_controls(store, elem_id, checkpoint_width)
+        return enabled, policy_controls(store, elem_id, checkpoint_family)
 
 
 def prompt_list_box(elem_id: Callable[[str], str]):
@@ -101,14 +101,14 @@ def refreshed_list(store: PolicyStore, selected: str | None) -> dict:
     return {"choices": names} if selected or not names else {"choices": names, "value": names[0]}
 
 
-FAMILY_BY_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL"}
+CONDITIONING_WIDTHS = {"SD1.x": 768, "SD2.x": 1024, "SDXL": 2048}  # the text conditioning each family's policies read
 
 
-def describe_policy(store: PolicyStore, name: str | None, checkpoint_width: int | None = None) -> str:
+def describe_policy(store: PolicyStore, name: str | None, checkpoint_family: str | None = None) -> str:
     """What the UI shows under the dropdown: the policy's metadata, or what is wrong with the file.
 
-    A policy whose conditioning width differs from the loaded checkpoint's is announced first: every job with it
-    would fall back to the user's steps.
+    A policy that reads conditioning of another width than the loaded checkpoint gives is announced first: every job
+    with it would fall back to the user's steps.
     """
     if not name:
         return ("No policy found: put a .safetensors step policy in the webui's models/adadiff folder and press the "
@@ -118,13 +118,10 @@ def describe_policy(store: PolicyStore, name: str | None, checkpoint_width: int 
         width = store.token_width(name)
     except PolicyFileError as error:
         return f"This policy cannot be used: {error}"
-    if checkpoint_width is None or width == checkpoint_width:
+    if checkpoint_family is None or width == CONDITIONING_WIDTHS[checkpoint_family]:
         return description
-    return (f"Warning: this policy was made for {_family(width)} checkpoints, but the loaded checkpoint is "
-            f"{_family(checkpoint_width)}. With it AdaDiff cannot choose, and every job runs your Sampling steps; "
-            f"pick a policy made for {_family(checkpoint_width)}.\n\n{description}")
-
-
-def _family(width: int) -> str:
-    family = FAMILY_BY_WIDTH.get(width)
-    return f"{family} ({width}-wide text conditioning)" if family else f"{width}-wide text conditioning"
+    made_for = next((f"{family} checkpoints" for family, family_width in CONDITIONING_WIDTHS.items()
+                     if family_width == width), f"models with {width}-wide text conditioning")
+    return (f"Warning: this policy was made for {made_for}, but the loaded checkpoint is "
+            f"{checkpoint_family}. With it AdaDiff cannot choose, and every job runs your Sampling steps; pick a "
+            f"policy made for {checkpoint_family}.\n\n{description}")
