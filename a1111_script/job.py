@@ -5,7 +5,9 @@ jobs, such as the per-prompt runs of the dropdown script, cannot see each other'
 
 The webui catches and merely logs exceptions from always-on hooks, so nothing here may fail quietly: every problem
 is said three times (a console line, a comment under the result in the UI, an ``AdaDiff error`` infotext key) and
-the batch runs with the steps the user asked for; nothing else about the job changes.
+the batch runs with the steps the user asked for; nothing else about the job changes. A successful choice is said
+too, in the console and under the result, because the UI's Sampling steps slider keeps showing the user's number.
+Console lines are printed: the webui shows no INFO log records unless started with ``SD_WEBUI_LOG_LEVEL``.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ def start_job(p, controls: tuple, load_policy_named: Callable[[str], StepPolicy]
     except (TypeError, ValueError) as error:
         report_problem(p, requested_steps, f"the AdaDiff settings are not usable: {error}")
         return None
-    p.extra_generation_params[INFOTEXT_KEY] = settings.infotext()
+    p.extra_generation_params[INFOTEXT_KEY] = settings.infotext(requested_steps)
     try:
         policy = load_policy_named(settings.policy)
     except PolicyFileError as error:
@@ -55,11 +57,11 @@ def current_job(p) -> StepJob | None:
 
 
 def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[list[str]], Any],
-                       least_steps: int = 1) -> StepChoice | None:
+                       least_steps: tuple[int, str] = (1, "")) -> StepChoice | None:
     """Set ``p.steps`` for this batch from its prompts (the most demanding one wins); None if that failed.
 
-    ``least_steps`` is the fewest steps the job's sampler accepts; it overrides the user's max, since a count below it
-    would fail the whole job.
+    ``least_steps`` is the fewest steps the job's sampler accepts and why (e.g. ``(3, "UniPC order 3")``); it
+    overrides the choice and the user's max, since a count below it would fail the whole job, and is then reported.
     """
     settings = job.settings
     try:
@@ -74,15 +76,28 @@ def choose_batch_steps(p, job: StepJob, prompts: list[str], encode: Callable[[li
         report_problem(p, job.requested_steps, str(error))
         return None
     except Exception as error:  # noqa: BLE001  the webui would swallow it; keep the job running with a loud note
-        log.exception("AdaDiff: reading the prompts' conditioning failed")
-        report_problem(p, job.requested_steps, f"reading the prompts' conditioning failed ({error!r})")
+        log.exception("AdaDiff: reading the prompts with the checkpoint's text encoder failed")
+        report_problem(p, job.requested_steps, f"reading the prompts with the checkpoint's text encoder failed "
+                                               f"({error!r})")
         return None
-    p.steps = max(choice.steps, least_steps)
+    fewest, reason = least_steps
+    p.steps = max(choice.steps, fewest)
     p.extra_generation_params.pop(ERROR_KEY, None)
     log.info("%s", choice.summary())
     if p.steps > choice.steps:
-        log.info("AdaDiff: raised to %d steps, the fewest this sampler runs", p.steps)
+        above_max = f", above Max steps {settings.max_steps}" if p.steps > settings.max_steps else ""
+        say(p, f"AdaDiff: {settings.policy} chose {choice.steps} steps, but {reason} needs at least {fewest}: "
+               f"ran {p.steps} steps{above_max}")
+    else:
+        say(p, f"AdaDiff: {settings.policy} chose {p.steps} steps (Sampling steps {job.requested_steps} is used only "
+               "when AdaDiff cannot choose)")
     return choice
+
+
+def say(p, line: str) -> None:
+    """A line in the console and under the result in the UI."""
+    print(line)
+    p.comment(line)
 
 
 def report_problem(p, requested_steps: int, problem: str) -> None:

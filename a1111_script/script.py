@@ -14,15 +14,26 @@ import copy
 from pathlib import Path
 
 import torch
-from modules import devices, paths, processing, scripts, shared
+from modules import devices, paths, processing, script_callbacks, scripts, shared
 
 from .job import JOB_ATTRIBUTE, REQUEST_ATTRIBUTE, choose_batch_steps, current_job, start_job
 from .policy_store import EXTENSION_POLICY_FOLDER, PolicyStore
+from .settings import restore_requested_steps
 from .ui import accordion_controls, paste_enabled, policy_controls, prompt_list_box
 
 MODELS_POLICY_FOLDER = Path(paths.models_path) / "adadiff"
 MODELS_POLICY_FOLDER.mkdir(parents=True, exist_ok=True)  # so users see where policies go
-store = PolicyStore([MODELS_POLICY_FOLDER, EXTENSION_POLICY_FOLDER])
+store = PolicyStore({
+    "models/adadiff": MODELS_POLICY_FOLDER,
+    f"extensions/{EXTENSION_POLICY_FOLDER.parent.name}/policies": EXTENSION_POLICY_FOLDER,
+})
+# The model families the webui flags on its loaded checkpoint, by flag.
+FAMILY_FLAGS = {"is_sdxl": "SDXL", "is_sd2": "SD2.x", "is_sd1": "SD1.x"}
+
+# Pasting an image's infotext (the paste button, PNG Info's "Send to") puts the user's own steps back into Sampling
+# steps, not the count AdaDiff chose, so that a job that later falls back runs what the user asked for. The webui
+# runs these callbacks for /sdapi/v1/png-info's parameters too; the infotext text itself keeps the count used.
+script_callbacks.on_infotext_pasted(lambda infotext, params: restore_requested_steps(params))
 
 
 def encode_prompts(sd_model, prompts: list[str]):
@@ -31,11 +42,22 @@ def encode_prompts(sd_model, prompts: list[str]):
         return sd_model.get_learned_conditioning(prompts)
 
 
-def sampler_least_steps(p) -> int:
-    """UniPC refuses fewer steps than its order (a webui setting, 3 by default); the other samplers run from 1."""
+def sampler_least_steps(p) -> tuple[int, str]:
+    """The fewest steps the job's samplers run, and why: UniPC refuses fewer than its order (a webui setting, 3 by
+    default); the other samplers run from 1."""
     if "UniPC" in (p.sampler_name, getattr(p, "hr_sampler_name", None)):
-        return int(getattr(shared.opts, "uni_pc_order", 1))
-    return 1
+        order = int(getattr(shared.opts, "uni_pc_order", 1))
+        return order, f"UniPC (Settings: UniPC order {order})"
+    return 1, ""
+
+
+def checkpoint_family() -> str | None:
+    """The loaded checkpoint's model family, when the webui flags it as one AdaDiff knows."""
+    try:
+        model = shared.sd_model
+    except Exception:  # noqa: BLE001  no checkpoint loaded (or loading failed): nothing to compare with
+        return None
+    return next((family for flag, family in FAMILY_FLAGS.items() if getattr(model, flag, False)), None)
 
 
 class AdaDiffAccordion(scripts.Script):
@@ -48,7 +70,7 @@ class AdaDiffAccordion(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        enabled, controls = accordion_controls(store, self.elem_id)
+        enabled, controls = accordion_controls(store, self.elem_id, checkpoint_family)
         self.infotext_fields = [(enabled, paste_enabled), *controls.paste_fields()]
         return [enabled, *controls.as_list()]
 
@@ -77,7 +99,8 @@ class AdaDiffPerPromptScript(scripts.Script):
         return True
 
     def ui(self, is_img2img):
-        return [*policy_controls(store, self.elem_id).as_list(), prompt_list_box(self.elem_id)]
+        controls = policy_controls(store, self.elem_id, checkpoint_family)
+        return [*controls.as_list(), prompt_list_box(self.elem_id)]
 
     def run(self, p, policy, knob, min_steps, max_steps, prompt_lines):
         return run_per_prompt(p, (policy, knob, min_steps, max_steps), prompt_lines)

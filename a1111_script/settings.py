@@ -1,8 +1,10 @@
 """What the user chose in the AdaDiff controls, checked once, and how it reads and writes the infotext.
 
 The webui hands control values over untyped (the API passes whatever JSON the client sent), so they are checked
-here into one frozen :class:`StepSettings`; the infotext line ``AdaDiff: "<policy>, knob <v>, min <a>, max <b>"``
-is written from it and parsed back into it, so a pasted image restores exactly the controls that made it.
+here into one frozen :class:`StepSettings`; the infotext line ``AdaDiff: "<policy>, knob <v>, min <a>, max <b>,
+requested <n>"`` is written from it and parsed back into it, so a pasted image restores exactly the controls that
+made it. ``requested`` is the user's own Sampling steps: the image's ``Steps:`` is the policy's choice, and a paste
+puts the user's number back so that a later fallback runs what the user asked for.
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ ERROR_KEY = "AdaDiff error"  # present only when AdaDiff could not choose and th
 KNOB_RANGE = (-1.0, 1.0)
 STEPS_RANGE = (1, 150)  # the webui's own steps slider
 
-_INFOTEXT_PATTERN = re.compile(r"^(?P<policy>.+), knob (?P<knob>[^,]+), min (?P<min>\d+), max (?P<max>\d+)$")
+_INFOTEXT_PATTERN = re.compile(
+    r"^(?P<policy>.+), knob (?P<knob>[^,]+), min (?P<min>\d+), max (?P<max>\d+)(?:, requested (?P<requested>\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,9 @@ class StepSettings:
             max_steps=_number("max steps", max_steps, int),
         )
 
-    def infotext(self) -> str:
-        return f"{self.policy}, knob {self.knob:g}, min {self.min_steps}, max {self.max_steps}"
+    def infotext(self, requested_steps: int | None = None) -> str:
+        text = f"{self.policy}, knob {self.knob:g}, min {self.min_steps}, max {self.max_steps}"
+        return text if requested_steps is None else f"{text}, requested {requested_steps}"
 
     @classmethod
     def from_infotext(cls, text: str) -> "StepSettings | None":
@@ -83,3 +87,17 @@ def pasted_settings(params: dict) -> StepSettings | None:
     """The settings in a parsed infotext (the webui's ``parse_generation_parameters`` result), if any."""
     text = params.get(INFOTEXT_KEY)
     return StepSettings.from_infotext(text) if isinstance(text, str) else None
+
+
+def requested_steps(params: dict) -> int | None:
+    """The user's own Sampling steps recorded in a parsed infotext's AdaDiff value (None in older infotexts)."""
+    text = params.get(INFOTEXT_KEY)
+    match = _INFOTEXT_PATTERN.match(text.strip()) if isinstance(text, str) else None
+    return int(match["requested"]) if match and match["requested"] else None
+
+
+def restore_requested_steps(params: dict) -> None:
+    """Put the user's own Sampling steps back into a pasted infotext's ``Steps`` (the webui's paste reads it)."""
+    steps = requested_steps(params)
+    if steps is not None:
+        params["Steps"] = str(steps)

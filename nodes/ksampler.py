@@ -5,7 +5,7 @@ import comfy.samplers
 import nodes as comfy_nodes  # ComfyUI's top-level nodes.py (this package is reached only through relative imports)
 from comfy_api.latest import io
 
-from .step_inputs import CATEGORY, decide_steps, fingerprint_policy_inputs, step_policy_inputs
+from .step_inputs import CATEGORY, check_policy_name, decide_steps, fingerprint_policy_inputs, step_policy_inputs
 
 
 class AdaDiffKSampler(io.ComfyNode):
@@ -49,6 +49,10 @@ class AdaDiffKSampler(io.ComfyNode):
         (latent,) = comfy_nodes.common_ksampler(model, seed, choice.steps, cfg, sampler_name, scheduler, positive,
                                                 negative, latent_image, denoise=denoise)
         return io.NodeOutput(latent, choice.steps)
+
+    @classmethod
+    def validate_inputs(cls, policy=None):
+        return check_policy_name(policy)
 
     @classmethod
     def fingerprint_inputs(cls, **inputs):

@@ -5,7 +5,7 @@ import comfy.samplers
 import torch
 from comfy_api.latest import io
 
-from .step_inputs import CATEGORY, decide_steps, fingerprint_policy_inputs, step_policy_inputs
+from .step_inputs import CATEGORY, check_policy_name, decide_steps, fingerprint_policy_inputs, step_policy_inputs
 
 SIGMAS_OUTPUT = 1  # position of the SIGMAS output, as links in the prompt refer to it
 
@@ -24,7 +24,8 @@ class AdaDiffStepSelector(io.ComfyNode):
                 io.Conditioning.Input("positive", tooltip="The positive prompt's conditioning (from CLIP Text "
                                                           "Encode); the policy judges the prompt from it."),
                 *step_policy_inputs(),
-                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="normal",
+                # "simple" is what a new KSampler shows (its list's first entry), so a fresh selector matches it.
+                io.Combo.Input("scheduler", options=comfy.samplers.SCHEDULER_NAMES, default="simple",
                                tooltip="Scheduler for the 'sigmas' output; match the sampler's. Unused without a "
                                        "model."),
                 io.Model.Input("model", optional=True,
@@ -64,6 +65,10 @@ class AdaDiffStepSelector(io.ComfyNode):
             isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id and value[1] == SIGMAS_OUTPUT
             for node in prompt.values() for value in node.get("inputs", {}).values()
         )
+
+    @classmethod
+    def validate_inputs(cls, policy=None):
+        return check_policy_name(policy)
 
     @classmethod
     def fingerprint_inputs(cls, **inputs):

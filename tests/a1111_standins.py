@@ -12,11 +12,17 @@ the behaviour the extension depends on is reproduced:
   slice and ``process_batch(p, *args, batch_number, prompts, seeds, subseeds)``, sampling with ``p.steps``, one
   infotext per image written from ``p.steps`` and ``p.extra_generation_params`` as ``create_infotext`` does),
   ``Processed`` (constructor signature of v1.10.1), ``fix_seed``.
-* ``modules.infotext_utils``: ``quote``/``unquote`` and the key/value parsing of ``parse_generation_parameters``.
-* ``modules.shared.state`` and ``opts.uni_pc_order``, ``modules.devices.autocast``, ``modules.paths.models_path``,
-  ``modules.ui_common.create_refresh_button``.
+* ``modules.infotext_utils``: ``quote``/``unquote`` and the key/value parsing of ``parse_generation_parameters``;
+  ``paste_infotext`` is what the paste button does with it (``connect_paste``: parse, then the ``infotext_pasted``
+  callbacks, then each paste field reads the parsed values).
+* ``modules.script_callbacks.on_infotext_pasted``.
+* ``modules.ui_loadsave``: how ``ui-config.json`` saves and restores component values (``save_ui_config`` /
+  ``restore_ui_config``: every labelled component's value, except those marked ``do_not_save_to_config``; a restored
+  dropdown value must be among its choices and is handed to the dropdown's ``init_field``).
+* ``modules.shared.state``, ``opts.uni_pc_order`` and ``sd_model`` (with the ``is_sd1``/``is_sd2``/``is_sdxl``
+  flags), ``modules.devices.autocast``, ``modules.paths.models_path``, ``modules.ui_common.create_refresh_button``.
 * ``gradio``: the webui's own gradio (3.41.2 on A1111, 4.40 on Forge) cannot be installed next to this project's
-  test pins (it needs pillow < 11 and numpy 1.x), so the five component classes the extension uses are stood in for
+  test pins (it needs pillow < 11 and numpy 1.x), so the component classes the extension uses are stood in for
   with keyword parameters limited to those both gradio versions accept: an argument gradio 3 or 4 would reject fails
   here too. The real gradio is exercised by the real-webui test (tests/test_a1111_real.py).
 
@@ -45,11 +51,14 @@ import torch
 class _Component:
     """Keeps what was passed and the event listeners, like a gradio Block does."""
 
+    created: list["_Component"] = []
+
     def __init__(self, **kwargs):
         self.__dict__.update(kwargs)
         self.listeners: dict[str, list] = {}
-        if _Accordion.open_stack:
-            _Accordion.open_stack[-1].children.append(self)
+        for layout in _Layout.open_stack:
+            layout.children.append(self)
+        _Component.created.append(self)
 
     def change(self, fn=None, inputs=None, outputs=None, **kwargs):
         self.listeners.setdefault("change", []).append((fn, inputs, outputs))
@@ -89,22 +98,35 @@ class Textbox(_Component):
                          elem_classes=elem_classes)
 
 
-class _Accordion:
-    open_stack: list["_Accordion"] = []
-    created: list["_Accordion"] = []
+class _Layout:
+    """A context manager that collects the components created inside it (and inside its nested layouts)."""
 
-    def __init__(self, label, *, open=True, visible=True, elem_id=None):
-        self.label, self.open, self.visible, self.elem_id = label, open, visible, elem_id
+    open_stack: list["_Layout"] = []
+    created: list["_Layout"] = []
+
+    def __init__(self):
         self.children: list = []
-        _Accordion.created.append(self)
+        _Layout.created.append(self)
 
     def __enter__(self):
-        _Accordion.open_stack.append(self)
+        _Layout.open_stack.append(self)
         return self
 
     def __exit__(self, *exc):
-        _Accordion.open_stack.pop()
+        _Layout.open_stack.pop()
         return False
+
+
+class _Accordion(_Layout):
+    def __init__(self, label, *, open=True, visible=True, elem_id=None):
+        super().__init__()
+        self.label, self.open, self.visible, self.elem_id = label, open, visible, elem_id
+
+
+class Row(_Layout):
+    def __init__(self, *, visible=True, elem_id=None, elem_classes=None):
+        super().__init__()
+        self.visible, self.elem_id, self.elem_classes = visible, elem_id, elem_classes
 
 
 def _update(**kwargs):
@@ -262,6 +284,50 @@ def parse_generation_parameters(x: str) -> dict:
         res[k] = v
     res["Prompt"] = "\n".join(lines)
     return res
+
+
+infotext_pasted_callbacks: list = []
+
+
+def on_infotext_pasted(callback, *, name=None):
+    infotext_pasted_callbacks.append(callback)
+
+
+def paste_infotext(text: str, paste_fields: list[tuple]) -> list:
+    """What the paste button does (``connect_paste``): the value each paste field gets, None where it is left alone.
+
+    A field is ``(component, key)``, the key an infotext label or a function of the parsed values; the webui's own
+    ``(steps slider, "Steps")`` field is one of them.
+    """
+    params = parse_generation_parameters(text)
+    for callback in infotext_pasted_callbacks:
+        callback(text, params)
+    return [key(params) if callable(key) else params.get(key) for _, key in paste_fields]
+
+
+# --- modules.ui_loadsave -----------------------------------------------------------------------------------------
+
+
+def save_ui_config() -> dict:
+    """What ``ui-config.json`` holds after a start: each labelled component's value, by label."""
+    return {c.label: c.value for c in _Component.created
+            if getattr(c, "label", None) and not getattr(c, "do_not_save_to_config", False)}
+
+
+def restore_ui_config(config: dict) -> None:
+    """What the webui does with ``ui-config.json`` once the UI is built (``UiLoadsave.add_component``)."""
+    for component in _Component.created:
+        saved = config.get(getattr(component, "label", None))
+        if saved is None or getattr(component, "do_not_save_to_config", False):
+            continue
+        if isinstance(component, Dropdown):
+            if saved not in component.choices:
+                continue
+            component.value = saved
+            if getattr(component, "init_field", None) is not None:
+                component.init_field(saved)
+        else:
+            component.value = saved
 
 
 # --- modules.processing ------------------------------------------------------------------------------------------
@@ -422,6 +488,7 @@ class StandInModel:
 
     def __init__(self, family: str = "sd15"):
         self.family = family
+        self.is_sd1, self.is_sd2, self.is_sdxl = family == "sd15", False, family == "sdxl"
         self.encoded: list[list[str]] = []
 
     def get_learned_conditioning(self, prompts):
@@ -447,11 +514,17 @@ def _module(name: str, **names) -> types.ModuleType:
     return module
 
 
+shared = _module("modules.shared", state=state, opts=opts, sd_model=None)  # sd_model: the loaded checkpoint
+
+
 def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
     """Fresh stand-in modules by import name, ready for ``monkeypatch.setitem(sys.modules, ...)``."""
     state.job_count, state.interrupted = -1, False
+    shared.sd_model = None
     refresh_buttons.clear()
-    _Accordion.created.clear()
+    infotext_pasted_callbacks.clear()
+    _Layout.created.clear()
+    _Component.created.clear()
     modules = _module("modules", __path__=[])
     submodules = {
         "scripts": _module("modules.scripts", Script=Script, AlwaysVisible=AlwaysVisible, ScriptRunner=ScriptRunner),
@@ -459,7 +532,8 @@ def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
                               fix_seed=fix_seed, StableDiffusionProcessing=StableDiffusionProcessing),
         "infotext_utils": _module("modules.infotext_utils", quote=quote, unquote=unquote,
                                   parse_generation_parameters=parse_generation_parameters),
-        "shared": _module("modules.shared", state=state, opts=opts),
+        "shared": shared,
+        "script_callbacks": _module("modules.script_callbacks", on_infotext_pasted=on_infotext_pasted),
         "devices": _module("modules.devices", autocast=autocast),
         "paths": _module("modules.paths", models_path=models_path),
         "ui_common": _module("modules.ui_common", create_refresh_button=create_refresh_button),
@@ -469,5 +543,5 @@ def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
         setattr(modules, short, module)
         result[f"modules.{short}"] = module
     result["gradio"] = _module("gradio", Checkbox=Checkbox, Slider=Slider, Dropdown=Dropdown, Textbox=Textbox,
-                               Accordion=_Accordion, update=_update)
+                               Accordion=_Accordion, Row=Row, update=_update)
     return result

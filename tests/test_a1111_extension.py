@@ -87,12 +87,22 @@ class Webui:
 
 
 @pytest.fixture
-def host(tmp_path, monkeypatch, policy_bytes) -> Webui:
+def models(tmp_path, monkeypatch) -> Path:
+    """The stand-in webui's models folder; the extension is unloaded afterwards, as if the webui stopped."""
     for name, module in webui.standin_modules(str(tmp_path / "models")).items():
         monkeypatch.setitem(sys.modules, name, module)
-    (tmp_path / "models" / "adadiff").mkdir(parents=True)
-    (tmp_path / "models" / "adadiff" / "known.safetensors").write_bytes(policy_bytes)
-    yield Webui(tmp_path / "models")
+    yield tmp_path / "models"
+    _unload_extension()
+
+
+@pytest.fixture
+def host(models, policy_bytes) -> Webui:
+    (models / "adadiff").mkdir(parents=True)
+    (models / "adadiff" / "known.safetensors").write_bytes(policy_bytes)
+    return Webui(models)
+
+
+def _unload_extension():
     for name in [name for name in sys.modules if name.split(".")[0] == PACKAGE_NAME]:
         del sys.modules[name]
 
@@ -127,6 +137,7 @@ def test_loader_works_whatever_the_extension_folder_is_called(host, tmp_path):
     folder = tmp_path / "extensions" / "sd-webui-adadiff"
     folder.mkdir(parents=True)
     shutil.copy(REPO / "__init__.py", folder)
+    shutil.copy(REPO / "adadiff_policy.py", folder)  # the root command-line tool must not disturb the loader
     for part in ("policy", "a1111_script", "scripts"):
         shutil.copytree(REPO / part, folder / part, ignore=shutil.ignore_patterns("__pycache__"))
     classes = webui.load_scripts(str(folder / "scripts" / "adadiff_steps.py"))
@@ -151,9 +162,17 @@ def test_controls_come_in_api_order_with_defaults_that_leave_jobs_alone(host):
 
 
 def test_the_accordion_holds_the_enable_checkbox_and_every_control(host):
-    (accordion,) = [a for a in webui._Accordion.created if a.label == "AdaDiff"]
+    (accordion,) = [a for a in webui._Layout.created if isinstance(a, webui._Accordion) and a.label == "AdaDiff"]
     assert accordion.open is False
     assert all(control in accordion.children for control in host.accordion.controls)
+
+
+def test_the_refresh_button_sits_on_the_policy_lists_row(host):
+    for script in (host.accordion, host.dropdown):
+        policy = next(c for c in script.controls if isinstance(c, webui.Dropdown))
+        (button,) = [b for b in webui.refresh_buttons if b.listeners["click"][0][2] == [policy]]
+        (row,) = [r for r in webui._Layout.created if isinstance(r, webui.Row) and policy in r.children]
+        assert button in row.children
 
 
 def test_refresh_button_lists_new_policy_files_and_the_description_names_problems(host):
@@ -166,8 +185,59 @@ def test_refresh_button_lists_new_policy_files_and_the_description_names_problem
     describe, inputs, (about,) = policy.listeners["change"][0]
     assert inputs == [policy] and isinstance(about, webui.Textbox)
     assert "step options:   4, 8, 12, 16" in describe("known.safetensors")
-    assert "cannot be used" in describe("broken.safetensors") and "broken.safetensors" in describe("broken.safetensors")
-    assert "No policy found" in describe(None)
+    broken = describe("broken.safetensors")
+    assert "cannot be used" in broken and "broken.safetensors" in broken and str(host.policies) not in broken
+    assert "No policy found" in describe(None) and "models/adadiff" in describe(None)
+    assert (describe, [policy], [about]) in button.listeners["click"], "refresh must describe the policy again"
+
+
+def _about_box(script):
+    policy = next(c for c in script.controls if isinstance(c, webui.Dropdown))
+    _, _, (about,) = policy.listeners["change"][0]
+    return about
+
+
+def test_about_box_after_a_restart_describes_the_restored_policy(models, policy_bytes):
+    """The webui saves every text box in ui-config.json; a description saved when no policy existed (or of another
+    policy) must not come back at the next start."""
+    policies = models / "adadiff"
+    first_start = Webui(models)
+    assert "No policy found" in _about_box(first_start.accordion).value
+    saved = webui.save_ui_config()
+    policies.mkdir(parents=True, exist_ok=True)
+    (policies / "a.safetensors").write_bytes(policy_bytes)
+    (policies / "b.safetensors").write_bytes(policy_bytes)
+    saved["Step policy"] = "b.safetensors"  # the user picked b before the restart
+    _unload_extension()
+    restarted = Webui(models)
+    webui.restore_ui_config(saved)
+    for script in (restarted.accordion, restarted.dropdown):
+        assert script.controls[1 if script is restarted.accordion else 0].value == "b.safetensors"
+        about = _about_box(script).value
+        assert about.startswith("AdaDiff policy b.safetensors"), about
+
+
+def test_refresh_after_adding_the_first_policy_selects_it(models, policy_bytes):
+    started_empty = Webui(models)
+    policy = started_empty.accordion.controls[1]
+    assert policy.value is None
+    (models / "adadiff" / "new.safetensors").write_bytes(policy_bytes)
+    (button,) = [b for b in webui.refresh_buttons if b.listeners["click"][0][2] == [policy]]
+    refresh = button.listeners["click"][0][0]
+    assert refresh() == {"__type__": "update", "choices": ["new.safetensors"], "value": "new.safetensors"}
+    assert refresh() == {"__type__": "update", "choices": ["new.safetensors"]}, "a selection is kept"
+
+
+def test_about_box_warns_when_the_policy_is_for_another_model_family(host):
+    webui.shared.sd_model = webui.StandInModel("sdxl")
+    describe = host.accordion.controls[1].listeners["change"][0][0]
+    warning = describe("known.safetensors")
+    assert warning.startswith("Warning: this policy was made for SD1.x"), warning
+    assert "the loaded checkpoint is SDXL" in warning and "step options:   4, 8, 12, 16" in warning
+    webui.shared.sd_model = webui.StandInModel("sd15")
+    assert describe("known.safetensors").startswith("AdaDiff policy known.safetensors")
+    webui.shared.sd_model = None
+    assert describe("known.safetensors").startswith("AdaDiff policy known.safetensors")
 
 
 # --- the accordion in jobs ---------------------------------------------------------------------------------------
@@ -182,7 +252,7 @@ def test_disabled_accordion_leaves_the_job_untouched(host):
     assert processed.comments == ""
 
 
-def test_each_batch_runs_at_the_steps_of_its_most_demanding_prompt(host):
+def test_each_batch_runs_at_the_steps_of_its_most_demanding_prompt(host, capsys):
     model = webui.StandInModel()
     p = host.job([SIMPLE, CATHEDRAL, CAT, CAT, MARKET, SIMPLE], accordion=enabled(), model=model,
                  batch_size=2, n_iter=3)
@@ -191,9 +261,14 @@ def test_each_batch_runs_at_the_steps_of_its_most_demanding_prompt(host):
     assert model.encoded == [[SIMPLE, CATHEDRAL], [CAT, CAT], [MARKET, SIMPLE]], "one encoding per batch"
     for params, steps in zip(infotext_params(processed), [16, 16, 8, 8, 12, 12]):
         assert params["Steps"] == str(steps)
-        assert params[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150"
+        assert params[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150, requested 20"
         assert ERROR_KEY not in params
     assert host.runner.errors == []
+    # Said where a user looks at the default log level: the console and the note under the result.
+    said = [f"AdaDiff: known.safetensors chose {steps} steps (Sampling steps 20 is used only when AdaDiff cannot "
+            "choose)" for steps in (16, 8, 12)]
+    assert capsys.readouterr().out.splitlines() == said
+    assert processed.comments.splitlines() == said
 
 
 def test_the_knob_and_the_limits_move_the_choice(host):
@@ -203,12 +278,27 @@ def test_the_knob_and_the_limits_move_the_choice(host):
     assert steps_of(host.generate(host.job(CATHEDRAL, accordion=enabled(max_steps=10)))) == [10]
     assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(min_steps=6)))) == [6]
     params = infotext_params(host.generate(host.job(CAT, accordion=enabled(knob=0.35, min_steps=5, max_steps=9))))
-    assert params[0][INFOTEXT_KEY] == "known.safetensors, knob 0.35, min 5, max 9"
+    assert params[0][INFOTEXT_KEY] == "known.safetensors, knob 0.35, min 5, max 9, requested 20"
 
 
-def test_unipc_never_gets_fewer_steps_than_its_order(host):
-    assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(max_steps=2), sampler_name="UniPC"))) == [3]
+def test_unipc_never_gets_fewer_steps_than_its_order_and_says_so(host, capsys):
+    processed = host.generate(host.job(SIMPLE, accordion=enabled(max_steps=2), sampler_name="UniPC"))
+    assert steps_of(processed) == [3]
+    said = ("AdaDiff: known.safetensors chose 2 steps, but UniPC (Settings: UniPC order 3) needs at least 3: ran 3 "
+            "steps, above Max steps 2")
+    assert capsys.readouterr().out.splitlines() == [said] and processed.comments.splitlines() == [said]
     assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(max_steps=2), sampler_name="Euler"))) == [2]
+
+
+def test_a_policy_added_after_the_ui_was_built_is_used_over_the_api(host, policy_bytes):
+    """The API's script-info shows the choices of when the UI was built; a request names any policy on disk now."""
+    assert host.accordion.controls[1].choices == ["known.safetensors"]
+    (host.policies / "added later.safetensors").write_bytes(policy_bytes)
+    processed = host.generate(host.job(MARKET, accordion=enabled(policy="added later.safetensors")))
+    assert steps_of(processed) == [12]
+    assert infotext_params(processed)[0][INFOTEXT_KEY].startswith("added later.safetensors, knob 0")
+    processed = host.generate(host.job(CAT, dropdown=["added later.safetensors", 0.0, 1, 150, ""]))
+    assert steps_of(processed) == [8]
 
 
 def test_api_values_arrive_untyped_and_are_accepted(host):
@@ -224,6 +314,24 @@ def test_pasting_an_infotext_restores_the_accordion(host):
     assert pasted == [True, "known.safetensors", -0.25, 3, 40]
     plain = webui.parse_generation_parameters("a cat\nSteps: 20, Seed: 1")
     assert [paste(plain) for _, paste in host.runner.infotext_fields] == [False, None, None, None, None]
+
+
+def test_pasting_puts_the_users_own_steps_back_into_sampling_steps(host):
+    """Steps: is the count AdaDiff chose; the paste must restore the user's number, so a later fallback runs it."""
+    processed = host.generate(host.job(CATHEDRAL, accordion=enabled(), steps=33))
+    (infotext,) = processed.infotexts
+    assert webui.parse_generation_parameters(infotext)["Steps"] == "16"
+    steps_field = (webui.Slider(1, 150, 20, label="Sampling steps"), "Steps")  # the webui's own paste field
+    restored_steps, enabled_box, policy, *_ = webui.paste_infotext(infotext, [steps_field,
+                                                                              *host.runner.infotext_fields])
+    assert (restored_steps, enabled_box, policy) == ("33", True, "known.safetensors")
+    fallback = host.generate(host.job(CATHEDRAL, accordion=[enabled_box, "gone.safetensors", 0.0, 1, 150],
+                                      steps=int(restored_steps)))
+    assert steps_of(fallback) == [33]
+    plain = "a cat\nSteps: 12, Seed: 1"
+    assert webui.paste_infotext(plain, [steps_field])[0] == "12", "images made without AdaDiff paste as they are"
+    older = f"a cat\nSteps: 12, Seed: 1, {INFOTEXT_KEY}: \"known.safetensors, knob 0, min 1, max 150\""
+    assert webui.paste_infotext(older, [steps_field])[0] == "12", "infotexts without the requested steps paste as is"
 
 
 def test_a_pasted_infotext_reproduces_the_same_steps(host):
@@ -249,7 +357,7 @@ def test_per_prompt_script_runs_every_prompt_at_its_own_steps_in_one_result(host
     assert all(len(batch) == 1 for batch in model.encoded), "one image per batch, so no prompt waits for another"
     params = infotext_params(processed)
     assert [int(x["Steps"]) for x in params] == [4, 4, 16, 16, 8, 8]
-    assert all(x[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150" for x in params)
+    assert all(x[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150, requested 20" for x in params)
     assert webui.state.job_count == 6
     assert p.steps == USER_STEPS and INFOTEXT_KEY not in p.extra_generation_params, "the user's job stays as it was"
 
@@ -276,12 +384,14 @@ def _assert_loud_fallback(host, processed, caplog, problem: str):
     assert problem in processed.comments
     for params in infotext_params(processed):
         assert problem in params[ERROR_KEY]
+    for text in processed.infotexts:  # saved in every image: a shared picture must not tell the server's folders
+        assert str(host.models.parent) not in text, text
     assert host.runner.errors == [], "problems must be handled, not left to the webui to swallow"
 
 
 @pytest.mark.parametrize("policy, problem", [
-    ("gone.safetensors", "'gone.safetensors' was not found"),
-    ("corrupt.safetensors", "not a safetensors file"),
+    ("gone.safetensors", "'gone.safetensors' was not found in models/adadiff or extensions/"),
+    ("corrupt.safetensors", "corrupt.safetensors: is truncated or not a safetensors file"),
     ("", "no policy selected"),
 ])
 def test_a_missing_or_corrupt_policy_keeps_the_users_steps_and_says_so(host, caplog, policy, problem):

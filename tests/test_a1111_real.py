@@ -1,12 +1,15 @@
 """The extension inside a real AUTOMATIC1111 (or Forge) webui, driven over its HTTP API.
 
 Runs only when ``ADADIFF_WEBUI_URL`` points to a running webui started with ``--api`` that has this extension installed
-and at least one policy in ``models/adadiff/`` (``ADADIFF_WEBUI_POLICY`` names it; default: the first one listed).
-Use a small checkpoint: every test generates a few 64x64 images with few steps.
+and at least one policy in ``models/adadiff/`` (``ADADIFF_WEBUI_POLICY`` names it; default: the first one listed when
+the webui built its UI; a policy copied in later works too). Use a small checkpoint: every test generates a few 64x64
+images with few steps.
 
 The webui swallows errors in always-on hooks and answers HTTP 200, so these tests check effects: the ``Steps:`` and
 ``AdaDiff`` infotext of every image, and that each image is pixel-identical to one generated without AdaDiff at the
-step count its infotext reports (so the sampler really ran that many steps).
+step count its infotext reports (so the sampler really ran that many steps). That comparison means something only
+if the checkpoint's images change with the step count (a random checkpoint with zeroed output layers gives the same
+image at every count), so before anything else the tests check that images at 2 and 6 steps differ.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import base64
 import io
 import json
 import os
+import re
 import urllib.error
 import urllib.request
+from typing import Callable
 
 import pytest
 
 URL = os.environ.get("ADADIFF_WEBUI_URL", "").rstrip("/")
-pytestmark = pytest.mark.skipif(not URL, reason="set ADADIFF_WEBUI_URL to a running webui with the extension to run")
 
 SAMPLERS = ("Euler", "Euler a", "LMS", "DPM++ 2M", "DDIM", "UniPC")
 PROMPTS = ("a red cube", "a cat", "a busy market at dusk, many people",
@@ -53,7 +57,14 @@ def pixels(image_b64: str) -> bytes:
 
 
 def parse_infotext(text: str) -> dict:
-    return call("/sdapi/v1/png-info", {"image": _png_with_infotext(text)})["parameters"]
+    """The webui's reading of an infotext, with ``Steps`` the count the image was made with.
+
+    ``/sdapi/v1/png-info`` answers with what a paste would restore (it runs the extensions' paste callbacks): for an
+    AdaDiff image its ``Steps`` is the user's requested count. That value is kept as ``Pasted steps``.
+    """
+    params = call("/sdapi/v1/png-info", {"image": _png_with_infotext(text)})["parameters"]
+    used = re.search(r"(?:^|, )Steps: (\d+)(?:,|$)", text.strip().splitlines()[-1])
+    return {**params, "Steps": used[1], "Pasted steps": str(params["Steps"])}
 
 
 def _png_with_infotext(text: str) -> str:
@@ -66,14 +77,40 @@ def _png_with_infotext(text: str) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
+def assert_steps_change_the_image(generate_at: Callable[[int], bytes], few: int = 2, more: int = 6) -> None:
+    """Fail unless the checkpoint's image at ``few`` steps differs from the one at ``more`` steps (same seed)."""
+    if generate_at(few) == generate_at(more):
+        pytest.fail(f"the checkpoint gives the same image at {few} and {more} steps, so these tests cannot tell which "
+                    "step count ran; load a checkpoint whose images change with the step count")
+
+
 @pytest.fixture(scope="module")
-def policy() -> str:
+def webui_url() -> str:
+    if not URL:
+        pytest.skip("set ADADIFF_WEBUI_URL to a running webui with the extension to run")
+    assert_steps_change_the_image(lambda steps: generate(prompt=PROMPTS[3], steps=steps)[0][0])
+    return URL
+
+
+@pytest.fixture(scope="module")
+def policy(webui_url) -> str:
     infos = [s for s in call("/sdapi/v1/script-info") if s["name"] == "adadiff" and not s["is_img2img"]]
     assert infos, "the AdaDiff extension is not loaded in this webui"
-    choices = infos[0]["args"][1]["choices"]
+    choices = infos[0]["args"][1]["choices"]  # as of when the webui built its UI; requests may name newer files
     name = os.environ.get("ADADIFF_WEBUI_POLICY") or (choices[0] if choices else None)
-    assert name in choices, f"policy {name!r} is not among the webui's AdaDiff policies {choices}"
+    assert name, "no policy: put one in the webui's models/adadiff/ or name it in ADADIFF_WEBUI_POLICY"
     return name
+
+
+def test_the_guard_refuses_a_checkpoint_that_ignores_the_step_count():
+    """Runs without a webui: the check every other test here depends on must be able to fail."""
+    with pytest.raises(pytest.fail.Exception, match="same image at 2 and 6 steps"):
+        assert_steps_change_the_image(lambda steps: b"identical pixels")
+    assert_steps_change_the_image(lambda steps: bytes([steps]))
+
+
+def settings_text(policy: str, knob="0", min_steps=1, max_steps=150, requested=USER_STEPS) -> str:
+    return f"{policy}, knob {knob}, min {min_steps}, max {max_steps}, requested {requested}"
 
 
 def adadiff(policy: str, knob=0, min_steps=1, max_steps=150) -> dict:
@@ -105,8 +142,9 @@ def test_each_prompt_runs_at_the_policys_steps_with_every_sampler(policy, sample
         steps = {info["Steps"] for info in params}
         assert len(steps) == 1, "a batch shares one step count"
         for info in params:
-            assert info["AdaDiff"] == f"{policy}, knob 0, min 1, max 150"
+            assert info["AdaDiff"] == settings_text(policy)
             assert "AdaDiff error" not in info
+            assert info["Pasted steps"] == str(USER_STEPS), "a paste must restore the user's own steps"
         assert_really_sampled(images, params, prompt, sampler_name=sampler)
 
 
@@ -136,7 +174,7 @@ def test_per_prompt_script_gives_each_prompt_its_own_steps(policy):
     images, params, _ = generate(prompt="unused", steps=USER_STEPS, script_name="AdaDiff per-prompt steps",
                                  script_args=[policy, 0, 1, 150, "\n".join(PROMPTS)])
     assert [info["Prompt"] for info in params] == list(PROMPTS)
-    assert all(info["AdaDiff"] == f"{policy}, knob 0, min 1, max 150" for info in params)
+    assert all(info["AdaDiff"] == settings_text(policy) for info in params)
     print("per-prompt steps:", {info["Prompt"]: int(info["Steps"]) for info in params})
     for image, info, prompt in zip(images, params, PROMPTS):
         assert_really_sampled([image], [info], prompt)
@@ -149,12 +187,15 @@ def test_an_infotext_pasted_into_the_api_restores_the_settings(policy):
     except urllib.error.HTTPError as error:
         pytest.skip(f"this webui's API fails any request with an infotext, with or without AdaDiff ({error})")
     _, params, infotexts = generate(prompt=PROMPTS[2], steps=USER_STEPS, **adadiff(policy, knob=0.5, max_steps=30))
-    _, again, _ = generate(prompt=PROMPTS[2], infotext=infotexts[0])
-    assert again[0]["AdaDiff"] == params[0]["AdaDiff"] == f"{policy}, knob 0.5, min 1, max 30"
+    # The API applies an infotext's Steps (the chosen count) unless the request gives its own steps.
+    _, again, _ = generate(prompt=PROMPTS[2], steps=USER_STEPS, infotext=infotexts[0])
+    assert again[0]["AdaDiff"] == params[0]["AdaDiff"] == settings_text(policy, knob="0.5", max_steps=30)
     assert again[0]["Steps"] == params[0]["Steps"]
 
 
 def test_a_missing_policy_keeps_the_users_steps_and_says_so(policy):
     _, params, _ = generate(prompt=PROMPTS[0], steps=USER_STEPS, **adadiff("no-such-policy.safetensors"))
     assert params[0]["Steps"] == str(USER_STEPS)
-    assert "'no-such-policy.safetensors' was not found" in params[0]["AdaDiff error"]
+    error = params[0]["AdaDiff error"]
+    assert "'no-such-policy.safetensors' was not found in models/adadiff" in error
+    assert not re.search(r"(^|[\s'\"(])(/|[A-Za-z]:\\)", error), f"an absolute path in the saved infotext: {error}"

@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from adadiff.a1111_script.policy_store import PolicyStore
-from adadiff.a1111_script.settings import INFOTEXT_KEY, StepSettings, pasted_settings
+from adadiff.a1111_script.settings import (INFOTEXT_KEY, StepSettings, pasted_settings, requested_steps,
+                                           restore_requested_steps)
 from adadiff.policy import PolicyConfig, PolicyFileError, init_policy, save_policy
 
 
@@ -66,16 +67,38 @@ def test_store_lists_both_folders_first_folder_wins(tmp_path):
     _write_policy(extension / "a.safetensors", 1)
     _write_policy(extension / "b.safetensors", 2)
     (extension / "notes.txt").write_text("not a policy")
-    store = PolicyStore([models, extension, tmp_path / "absent"])
+    store = PolicyStore({"models/adadiff": models, "extensions/x/policies": extension, "absent": tmp_path / "absent"})
     assert store.names() == ["a.safetensors", "b.safetensors"]
     assert store.path("a.safetensors") == models / "a.safetensors"
-    with pytest.raises(PolicyFileError, match="'c.safetensors' was not found in .*models, .*extension"):
+    with pytest.raises(PolicyFileError, match="'c.safetensors' was not found in models/adadiff or extensions/x/p"):
         store.path("c.safetensors")
+
+
+def test_store_errors_name_the_file_never_its_folder(tmp_path):
+    (tmp_path / "broken.safetensors").write_bytes(b"not a policy")
+    store = PolicyStore({"models/adadiff": tmp_path})
+    for read in (store.load, store.describe, store.token_width):
+        with pytest.raises(PolicyFileError) as error:
+            read("broken.safetensors")
+        assert str(error.value).startswith("broken.safetensors: ") and str(tmp_path) not in str(error.value)
+
+
+def test_requested_steps_round_trip_and_restore_the_pasted_steps():
+    text = StepSettings("p.safetensors", 0.5, 2, 40).infotext(requested_steps=25)
+    assert text == "p.safetensors, knob 0.5, min 2, max 40, requested 25"
+    assert StepSettings.from_infotext(text) == StepSettings("p.safetensors", 0.5, 2, 40)
+    params = {"Steps": "9", INFOTEXT_KEY: text}
+    assert requested_steps(params) == 25
+    restore_requested_steps(params)
+    assert params["Steps"] == "25"
+    for params in ({"Steps": "9"}, {"Steps": "9", INFOTEXT_KEY: "p.safetensors, knob 0, min 1, max 150"}):
+        restore_requested_steps(params)
+        assert params["Steps"] == "9"
 
 
 def test_store_reads_a_file_again_only_when_it_changed(tmp_path):
     path = _write_policy(tmp_path / "p.safetensors", 0)
-    store = PolicyStore([tmp_path])
+    store = PolicyStore({"models/adadiff": tmp_path})
     first = store.load("p.safetensors")
     assert store.load("p.safetensors") is first
     _write_policy(path, 5)

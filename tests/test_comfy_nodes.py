@@ -5,8 +5,11 @@ Step counts are read from the server's own progress events, never from the nodes
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import time
+import urllib.parse
 
 import pytest
 import torch
@@ -20,6 +23,8 @@ from policy_helpers import write_crafted_policy
 
 CHECKPOINT = "tiny-sd15.safetensors"
 OPTIONS = (1, 2, 3)
+PACK_FOLDER = "ComfyUI-AdaDiff"  # what users usually clone the pack as; nothing may depend on it being 'adadiff'
+TEMPLATES = {"AdaDiff Step Selector into KSampler": "3", "AdaDiff KSampler (all in one)": "10"}  # -> sampler node
 
 
 def _write_policy(path, favourite: int | None = None, *, margin=6.0, token_dim=768, pooled_dim=0, seed=0) -> None:
@@ -41,11 +46,19 @@ def comfy(tmp_path_factory):
     install_requirements(comfy_dir)
     base = tmp_path_factory.mktemp("comfyui")
     checkpoints, policies, custom_nodes = base / "models" / "checkpoints", base / "models" / "adadiff", base / "custom_nodes"
-    for folder in (checkpoints, policies, custom_nodes):
+    for folder in (checkpoints, custom_nodes):
         folder.mkdir(parents=True)
     (checkpoints / CHECKPOINT).symlink_to(cached_tiny_sd15(CACHE_DIR))
-    (custom_nodes / "adadiff").symlink_to(REPO_ROOT, target_is_directory=True)
+    (custom_nodes / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
     (custom_nodes / "adadiff_test_pack").symlink_to(REPO_ROOT / "tests" / "comfy_test_pack", target_is_directory=True)
+    extra_paths = base / "extra_model_paths.yaml"
+    extra_paths.write_text(f"adadiff_tests:\n    base_path: {base / 'shared_models'}\n    adadiff: policies\n")
+    server = ComfyServer(comfy_dir, base)
+    server.start("--extra-model-paths-config", str(extra_paths))
+    # What a first start shows: the pack made models/adadiff/, and the empty list says where policies go.
+    server.first_start = {"policy_folder_made": policies.is_dir(),
+                          "policy_input": server.object_info("AdaDiffStepSelector")["input"]["required"]["policy"],
+                          "prompt_answer": server.submit(_selector_graph("any.safetensors"))}
     _write_policy(policies / "two.safetensors", favourite=2)
     _write_policy(policies / "three.safetensors", favourite=3)
     # Prefers 1 step by a margin the quality knob can overcome: at +1 it adds 2.5 to option 2 and 5 to option 3.
@@ -59,10 +72,6 @@ def comfy(tmp_path_factory):
     (policies / "zero.safetensors").symlink_to("/dev/zero")  # reading it would fill the server's memory
     # A second policy folder given the way users share models between installs; it must be merged, not replaced.
     _write_policy(base / "shared_models" / "policies" / "shared.safetensors", favourite=3)
-    extra_paths = base / "extra_model_paths.yaml"
-    extra_paths.write_text(f"adadiff_tests:\n    base_path: {base / 'shared_models'}\n    adadiff: policies\n")
-    server = ComfyServer(comfy_dir, base)
-    server.start("--extra-model-paths-config", str(extra_paths))
     yield server
     server.stop()
 
@@ -78,7 +87,7 @@ def _prompt_nodes(text: str = "a lighthouse at dusk", batch: int = 1) -> dict:
 
 def _selector(policy: str, positive=("2", 0), model=None, **knobs) -> dict:
     inputs = {"positive": list(positive), "policy": policy, "min_steps": 1, "max_steps": 1000,
-              "quality_bias": 0.0, "scheduler": "normal", **knobs}
+              "quality_bias": 0.0, "scheduler": "normal", **knobs}  # the KSampler's (_ksampler)
     if model is not None:
         inputs["model"] = list(model)
     return {"class_type": "AdaDiffStepSelector", "inputs": inputs}
@@ -123,7 +132,7 @@ def _text(run, node_id: str) -> str:
 def test_object_info_lists_both_nodes_with_documented_inputs_and_outputs(comfy):
     selector = comfy.object_info("AdaDiffStepSelector")
     assert selector["display_name"] == "AdaDiff Step Selector"
-    assert selector["category"] == "sampling/adadiff"
+    assert selector["category"] == "model/sampling/adadiff"
     assert selector["description"]
     assert list(selector["input"]["required"]) == ["positive", "policy", "min_steps", "max_steps", "quality_bias",
                                                    "scheduler"]
@@ -136,7 +145,7 @@ def test_object_info_lists_both_nodes_with_documented_inputs_and_outputs(comfy):
 
     sampler = comfy.object_info("AdaDiffKSampler")
     assert sampler["display_name"] == "AdaDiff KSampler"
-    assert sampler["category"] == "sampling/adadiff"
+    assert sampler["category"] == "model/sampling/adadiff"
     assert "steps" not in sampler["input"]["required"]
     builtin = comfy.object_info("KSampler")["input"]["required"]
     assert set(sampler["input"]["required"]) == (set(builtin) - {"steps"}) | {"policy", "min_steps", "max_steps",
@@ -151,10 +160,35 @@ def test_object_info_lists_both_nodes_with_documented_inputs_and_outputs(comfy):
         assert all(node["output_tooltips"]), f"{node['name']} has an output without tooltip"
 
 
+def test_selector_scheduler_defaults_to_what_a_new_ksampler_shows(comfy):
+    """A new KSampler shows its scheduler list's first entry ("simple"); the selector's sigmas should match it."""
+    (schedulers, *_), (selector_schedulers, options) = (
+        comfy.object_info("KSampler")["input"]["required"]["scheduler"],
+        comfy.object_info("AdaDiffStepSelector")["input"]["required"]["scheduler"])
+    assert schedulers[0] == "simple"
+    assert options["default"] == schedulers[0]
+    assert list(selector_schedulers if isinstance(selector_schedulers, list) else options["options"]) == schedulers
+
+
+def test_first_start_makes_the_policy_folder_and_the_empty_list_says_where_policies_go(comfy):
+    assert comfy.first_start["policy_folder_made"], "models/adadiff/ should exist once ComfyUI has loaded the pack"
+    kind, *rest = comfy.first_start["policy_input"]
+    options = rest[0] if rest else {}
+    assert (options.get("options", []) if kind == "COMBO" else kind) == []
+    hint = options["tooltip"]
+    assert hint.startswith("No step policy found") and str(comfy.base_dir / "models" / "adadiff") in hint
+    _, listed = comfy.object_info("AdaDiffStepSelector")["input"]["required"]["policy"]
+    assert "No step policy" not in listed["tooltip"], "with policies present the tooltip describes the list"
+    status, body = comfy.first_start["prompt_answer"]
+    (error,) = body["node_errors"]["5"]["errors"]
+    assert status == 400 and error["details"].startswith("policy - no step policy found in ")
+    assert str(comfy.base_dir / "models" / "adadiff") in error["details"]
+
+
 def test_pack_loads_without_warnings(comfy):
     """ComfyUI imports the pack and parses its pyproject.toml ([tool.comfy]) without complaint."""
     log = comfy.log_path.read_text(errors="replace")
-    pack_lines = [line for line in log.splitlines() if "custom_nodes/adadiff" in line and "adadiff_test" not in line]
+    pack_lines = [line for line in log.splitlines() if f"custom_nodes/{PACK_FOLDER}" in line]
     assert pack_lines and not any("IMPORT FAILED" in line for line in pack_lines), pack_lines
     assert "Unable to parse pyproject.toml" not in log
 
@@ -249,9 +283,10 @@ def test_example_workflows_run_as_shipped(comfy):
     """ComfyUI offers the UI-format examples as the pack's templates; they convert to valid API graphs and sample
     the policy's choice (model names swapped for the test's)."""
     templates = comfy.get("/workflow_templates")
-    assert sorted(templates["adadiff"]) == sorted(p.stem for p in (REPO_ROOT / "example_workflows").glob("*.json"))
-    for name, sampler in (("adadiff_selector_ksampler", "3"), ("adadiff_ksampler", "10")):
-        workflow = comfy.get(f"/api/workflow_templates/adadiff/{name}.json")
+    assert sorted(templates[PACK_FOLDER]) == sorted(TEMPLATES)
+    assert sorted(TEMPLATES) == sorted(p.stem for p in (REPO_ROOT / "example_workflows").glob("*.json"))
+    for name, sampler in TEMPLATES.items():
+        workflow = comfy.get(f"/api/workflow_templates/{PACK_FOLDER}/{urllib.parse.quote(name)}.json")
         graph = api_graph_from_workflow(workflow, comfy)
         for node in graph.values():
             inputs = node["inputs"]
@@ -265,6 +300,26 @@ def test_example_workflows_run_as_shipped(comfy):
         run = comfy.run(graph)
         assert run.status == "success", (name, run.error)
         assert run.sampled_steps(sampler) == 2, name
+
+
+def test_every_template_has_a_thumbnail_drawn_from_its_graph(tmp_path):
+    """The template browser shows <name>.jpg from the same folder (frontend 1.49); the committed pictures are what
+    example_workflows/render_thumbnails.py draws."""
+    from PIL import Image
+
+    folder = REPO_ROOT / "example_workflows"
+    for name in TEMPLATES:
+        with Image.open(folder / f"{name}.jpg") as thumbnail:
+            assert thumbnail.format == "JPEG" and thumbnail.size == (512, 512)
+    for name in TEMPLATES:
+        shutil.copy(folder / f"{name}.json", tmp_path)
+    spec = importlib.util.spec_from_file_location("render_thumbnails", folder / "render_thumbnails.py")
+    renderer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(renderer)
+    assert sorted(path.stem for path in renderer.main(tmp_path)) == sorted(TEMPLATES)
+    for name in TEMPLATES:
+        with Image.open(tmp_path / f"{name}.jpg") as drawn, Image.open(folder / f"{name}.jpg") as committed:
+            assert drawn.size == committed.size
 
 
 # --- policy files on disk ------------------------------------------------------------------------------------------
@@ -332,6 +387,28 @@ def test_bad_input_is_a_node_error_and_the_server_keeps_serving(comfy, graph, pr
     follow_up = comfy.run(_selector_graph("two.safetensors", text=f"after {problem}"))
     assert follow_up.status == "success", follow_up.error
     assert follow_up.sampled_steps("6") == 2
+
+
+def _all_in_one_graph(policy: str) -> dict:
+    graph = _prompt_nodes("all in one")
+    graph["6"] = {"class_type": "AdaDiffKSampler", "inputs": {
+        "model": ["1", 0], "seed": 3, "policy": policy, "min_steps": 1, "max_steps": 1000, "quality_bias": 0.0,
+        "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "positive": ["2", 0], "negative": ["3", 0],
+        "latent_image": ["4", 0], "denoise": 1.0}}
+    graph.update(_decode_and_preview(("6", 0)))
+    return graph
+
+
+@pytest.mark.parametrize("graph, node", [(lambda: _selector_graph("absent.safetensors"), "5"),
+                                         (lambda: _all_in_one_graph("absent.safetensors"), "6")],
+                         ids=["selector", "all-in-one"])
+def test_a_policy_not_in_the_folders_is_refused_naming_them(comfy, graph, node):
+    """Instead of ComfyUI's bare "Value not in list" (e.g. a template or shared workflow naming a policy you lack)."""
+    status, body = comfy.submit(graph())
+    assert status == 400
+    (error,) = body["node_errors"][node]["errors"]
+    assert "policy file 'absent.safetensors' is not in " in error["details"]
+    assert str(comfy.base_dir / "models" / "adadiff") in error["details"] and "press R" in error["details"]
 
 
 # --- cost -----------------------------------------------------------------------------------------------------------
