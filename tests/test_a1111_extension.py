@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import a1111_standins as webui
 from adadiff.a1111_script.settings import ERROR_KEY, INFOTEXT_KEY
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, save_policy
-from policy_helpers import write_crafted_policy
+from policy_helpers import quality_policy_with_losses, write_crafted_policy
 
 REPO = Path(__file__).resolve().parent.parent
 LOADER = REPO / "scripts" / "adadiff_steps.py"
@@ -279,6 +279,20 @@ def test_the_knob_and_the_limits_move_the_choice(host):
     assert steps_of(host.generate(host.job(SIMPLE, accordion=enabled(min_steps=6)))) == [6]
     params = infotext_params(host.generate(host.job(CAT, accordion=enabled(knob=0.35, min_steps=5, max_steps=9))))
     assert params[0][INFOTEXT_KEY] == "known.safetensors, knob 0.35, min 5, max 9, requested 20"
+
+
+def test_a_quality_policy_takes_the_fewest_steps_within_its_tolerance(host):
+    config = PolicyConfig(options=OPTIONS, width=32, depth=1, heads=2, objective="quality")
+    # predicted IQS loss against 16 steps: 5% at 4, 0.6% at 8, 0.05% at 12; the knob sets the tolerance to 1% / 10**knob
+    save_policy(quality_policy_with_losses([5.0, 0.6, 0.05, 0.0], config), host.policies / "quality.safetensors")
+    for knob, expected in ((0.0, 8), (1.0, 12), (-1.0, 4)):
+        processed = host.generate(host.job(CAT, accordion=enabled("quality.safetensors", knob=knob)))
+        assert steps_of(processed) == [expected], knob
+        assert infotext_params(processed)[0][INFOTEXT_KEY].startswith(f"quality.safetensors, knob {knob:g}")
+    describe = host.accordion.controls[1].listeners["change"][0][0]
+    assert "decides by:     predicted quality (the fewest steps whose IQS is predicted within 1% of 16 steps" in \
+        describe("quality.safetensors")
+    assert "decides by:     REINFORCE" in describe("known.safetensors")
 
 
 def test_unipc_never_gets_fewer_steps_than_its_order_and_says_so(host, capsys):

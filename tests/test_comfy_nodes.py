@@ -19,7 +19,7 @@ from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy,
 
 from comfy_checkpoint import cached_tiny_sd15
 from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
-from policy_helpers import write_crafted_policy
+from policy_helpers import quality_policy_with_losses, write_crafted_policy
 
 CHECKPOINT = "tiny-sd15.safetensors"
 OPTIONS = (1, 2, 3)
@@ -65,6 +65,10 @@ def comfy(tmp_path_factory):
     _write_policy(policies / "one.safetensors", favourite=1, margin=2.0)
     _write_policy(policies / "random.safetensors", seed=7)
     _write_policy(policies / "sdxl.safetensors", token_dim=2048, pooled_dim=1280)
+    # A quality-objective policy: it predicts 30% less IQS at 1 step and 0.5% at 2, so its 1% tolerance takes 2
+    # steps; quality_bias +1 (0.1%) takes 3.
+    quality = quality_policy_with_losses([30.0, 0.5, 0.0], PolicyConfig(options=OPTIONS, objective="quality"))
+    save_policy(quality, policies / "quality.safetensors")
     (policies / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
     (policies / "gone.safetensors").symlink_to(base / "deleted-policy.safetensors")
     write_crafted_policy(policies / "crafted.safetensors", OPTIONS)
@@ -235,6 +239,14 @@ def test_all_in_one_node_gives_ksamplers_result_for_the_same_steps(comfy):
         (saved,) = run.outputs(node)["latents"]
         latents.append(load_file(comfy.base_dir / "output" / saved["subfolder"] / saved["filename"])["latent_tensor"])
     assert torch.equal(latents[0], latents[1])
+
+
+def test_a_quality_policy_samples_the_fewest_steps_within_its_tolerance(comfy):
+    run = comfy.run(_selector_graph("quality.safetensors", text="quality objective"))
+    assert run.status == "success", run.error
+    assert run.sampled_steps("6") == 2
+    assert "within 1% of 3 steps" in _text(run, "9") and "1:30.00%" in _text(run, "9")
+    assert comfy.run(_selector_graph("quality.safetensors", text="quality b", quality_bias=1.0)).sampled_steps("6") == 3
 
 
 def test_limits_and_quality_knob_change_the_sampled_count(comfy):
