@@ -155,7 +155,9 @@ class FitSettings:
     val_fraction: float = _setting(0.1, "share of the training prompts held back for validation", float)
     fit_seed: int = _setting(0, "seed of the policy's initialisation, the split and the sampling", int)
     policy_width: int = _setting(DEFAULT_POLICY.width, "width of the policy network", int)
-    policy_depth: int = _setting(DEFAULT_POLICY.depth, "attention layers in the policy network", int)
+    policy_depth: int = _setting(1, "attention layers in the policy network (1: on the known-answer benchmark it "
+                                    "kept more of the oracle's saving than 3 and fits about three times faster)",
+                                 int)
 
     def __post_init__(self):
         if self.top_k < 1:
