@@ -22,6 +22,7 @@ else:  # pragma: no cover - Python 3.10 only
 
 DEFAULT_POLICY = PolicyConfig()  # the network the hosts' benchmarks were measured with
 POLICY_HEADS = DEFAULT_POLICY.heads  # attention heads of the fitted policy; its width must be a multiple
+SEARCHES = ("full", "bisect")  # how generate covers the step options (see generate.py)
 
 
 class TrainerInputError(ValueError):
@@ -67,6 +68,9 @@ class GenerateSettings:
     batch_size: int = _setting(8, "prompts sampled together in one pipeline call", int)
     reward: str = _setting("clip", "IQS backend: clip, aesthetic, hpsv2, toy, or composite:name=weight,...")
     reward_settings: dict = _setting({}, "settings handed to the reward backend (TOML table only)", flag=False)
+    search: str = _setting("full", "full: sample every option; bisect: for a reward whose IQS saturates (convergence), "
+                                   "sample the fewest and the largest option and bisect for the first converged one, "
+                                   "inferring the rest (recorded as inferred)")
     device: str = _setting("auto", "torch device for the diffusion model, e.g. cpu or cuda (auto: the one accelerate "
                                    "gives this process)")
 
@@ -83,6 +87,8 @@ class GenerateSettings:
             raise TrainerInputError(f"--size must be a multiple of 8 pixels, got {self.size}")
         if self.guidance < 0:
             raise TrainerInputError(f"--guidance must not be negative, got {self.guidance}")
+        if self.search not in SEARCHES:
+            raise TrainerInputError(f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
 
 
 @dataclass(frozen=True)
