@@ -159,7 +159,7 @@ def _reward(reward: str, settings: GenerateSettings):
     except ImportError as error:
         raise ValueError(f"the {reward} reward needs open_clip_torch, which this ComfyUI lacks ({error}); install it "
                          "into ComfyUI's Python, or use the convergence reward, which needs nothing") from None
-    except (ValueError, FileNotFoundError) as error:
+    except Exception as error:  # any failure to find or read its weights (missing file, no network, ...)
         raise ValueError(f"the {reward} reward cannot load: {error}; or use the convergence reward, which needs no "
                          "weights") from None
     if settings.search == "bisect" and getattr(backend, "converged_at", None) is None:

@@ -14,7 +14,8 @@ from comfy_checkpoint import cached_tiny_sd15
 from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
 
 CHECKPOINT = "tiny-sd15.safetensors"
-PROMPTS = "a red cube\ntwo blue balls on a table\na small green cone\nthree tiny striped shapes\na large dotted ball"
+PROMPTS = "a red cube\ntwo blue balls on a table\na small green cone\nthree tiny striped shapes"
+N_PROMPTS = 4
 OPTIONS = (1, 2, 3, 4)
 WORKFLOW = REPO_ROOT / "example_workflows" / "adadiff_calibrate.json"
 
@@ -44,7 +45,7 @@ def _calibration_graph(name: str, search: str = "bisect") -> dict:
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
         "2": {"class_type": "AdaDiffCalibrate", "inputs": {
             "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "prompts": PROMPTS,
-            "step_options": ",".join(map(str, OPTIONS)), "sampler_name": "euler", "scheduler": "normal", "cfg": 2.0,
+            "step_options": ",".join(map(str, OPTIONS)), "sampler_name": "euler", "scheduler": "normal", "cfg": 1.0,
             "size": 64, "seeds": "0", "reward": "convergence", "search": search, "policy_name": name,
             "negative": ""}},
         "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
@@ -70,6 +71,11 @@ def _selector_graph(policy: str, text: str) -> dict:
     }
 
 
+def _failure(run) -> str:
+    error = run.error or {}
+    return "".join(error.get("traceback", [])) + str(error.get("exception_message"))
+
+
 def _units(base_dir, name: str) -> dict[str, tuple[int, int]]:
     """Finished option pieces of a calibration's table: file name -> (inode, mtime in ns)."""
     folder = base_dir / "output" / "adadiff_calibration" / name / "table" / "units"
@@ -79,7 +85,7 @@ def _units(base_dir, name: str) -> dict[str, tuple[int, int]]:
 
 def test_calibration_writes_a_policy_that_the_step_selector_loads_and_uses(comfy, base):
     run = comfy.run(_calibration_graph("tiny_calibrated"), timeout=300)
-    assert run.status == "success", "".join((run.error or {}).get("traceback", [])) + str((run.error or {}).get("exception_message"))
+    assert run.status == "success", _failure(run)
     summary = run.outputs("3")["text"][0]
     assert "held-out prompts" in summary and "vs fixed matched" in summary and "saving" in summary
     assert run.progress("2"), "the calibration reported no progress"
@@ -93,41 +99,9 @@ def test_calibration_writes_a_policy_that_the_step_selector_loads_and_uses(comfy
     assert table["search"] == "bisect" and table["reward"]["reference_steps"] == OPTIONS[-1]
 
     used = comfy.run(_selector_graph("tiny_calibrated.safetensors", "a red cube"))
-    assert used.status == "success", "".join((used.error or {}).get("traceback", [])) + str((used.error or {}).get("exception_message"))
+    assert used.status == "success", _failure(used)
     chosen = int(used.outputs("7")["text"][0])
     assert chosen in OPTIONS and used.sampled_steps("6") == chosen
-
-
-def test_a_killed_calibration_resumes_without_redoing_finished_pieces(base):
-    comfy_dir, base_dir = base
-    name, total = "tiny_resumed", 5 * len(OPTIONS)
-    server = ComfyServer(comfy_dir, base_dir)
-    server.start()
-    try:
-        status, body = server.submit(_calibration_graph(name, search="full"))
-        assert status == 200, body
-        deadline = time.monotonic() + 240
-        while len(_units(base_dir, name)) < 4:  # some prompts finished, others not
-            assert time.monotonic() < deadline, server.log_tail()
-            time.sleep(0.02)
-        server.process.kill()  # as a crash or a closed terminal would
-        server.process.wait()
-    finally:
-        server.stop()
-    before = _units(base_dir, name)
-    assert 4 <= len(before) < total
-    restarted = ComfyServer(comfy_dir, base_dir)
-    restarted.start()
-    try:
-        run = restarted.run(_calibration_graph(name, search="full"), timeout=300)
-    finally:
-        restarted.stop()
-    assert run.status == "success", "".join((run.error or {}).get("traceback", [])) + str((run.error or {}).get("exception_message"))
-    after = _units(base_dir, name)
-    assert len(after) == total
-    assert {piece: after[piece] for piece in before} == before  # the same files, never written again
-    summary = run.outputs("3")["text"][0]
-    assert f"{len(before)} option pieces were already done" in summary
 
 
 def test_the_example_workflow_is_a_calibration_graph_the_server_accepts(comfy):
@@ -135,3 +109,42 @@ def test_the_example_workflow_is_a_calibration_graph_the_server_accepts(comfy):
     calibrate = next(node for node in graph.values() if node["class_type"] == "AdaDiffCalibrate")
     assert calibrate["inputs"]["reward"] == "convergence" and calibrate["inputs"]["search"] == "bisect"
     assert {"model", "clip", "vae"} <= set(calibrate["inputs"])
+
+
+def test_bad_calibration_input_is_a_node_error_that_says_what_to_do(comfy):
+    graph = _calibration_graph("too_few")
+    graph["2"]["inputs"]["prompts"] = "a red cube\n\na red cube\nblue"
+    run = comfy.run(graph)
+    assert run.status == "error" and "at least 3, one per line" in run.error["exception_message"]
+    graph = _calibration_graph("bad_options")
+    graph["2"]["inputs"]["step_options"] = "4,2"
+    run = comfy.run(graph)
+    assert run.status == "error" and "options must be at least two distinct" in run.error["exception_message"]
+
+
+def test_a_killed_calibration_resumes_without_redoing_finished_pieces(comfy, base):
+    """Runs last: it kills the module's server."""
+    comfy_dir, base_dir = base
+    name, total = "tiny_resumed", N_PROMPTS * len(OPTIONS)
+    status, body = comfy.submit(_calibration_graph(name, search="full"))
+    assert status == 200, body
+    deadline = time.monotonic() + 240
+    while len(_units(base_dir, name)) < 3:  # some prompts finished, others not
+        assert time.monotonic() < deadline, comfy.log_tail()
+        time.sleep(0.02)
+    comfy.process.kill()  # as a crash or a closed terminal would
+    comfy.process.wait()
+    before = _units(base_dir, name)
+    assert 3 <= len(before) < total
+    restarted = ComfyServer(comfy_dir, base_dir)
+    restarted.start()
+    try:
+        run = restarted.run(_calibration_graph(name, search="full"), timeout=300)
+    finally:
+        restarted.stop()
+    assert run.status == "success", _failure(run)
+    after = _units(base_dir, name)
+    assert len(after) == total
+    assert {piece: after[piece] for piece in before} == before  # the same files, never written again
+    summary = run.outputs("3")["text"][0]
+    assert f"{len(before)} option pieces were already done" in summary
