@@ -89,10 +89,14 @@ def test_lpips_without_its_package_or_weights_says_what_to_install(monkeypatch, 
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "lpips" else real_find_spec(name, *a))
+
+    def pretend(found):
+        return lambda name, *rest: found if name == "lpips" else real_find_spec(name, *rest)
+
+    monkeypatch.setattr(importlib.util, "find_spec", pretend(None))
     with pytest.raises(ValueError, match="pip install lpips.*metric=ssim"):
         build_reward("convergence", options=(1, 2), metric="lpips")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "lpips" else real_find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec", pretend(object()))
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(ValueError, match="alexnet-owt-7be5be79.pth.*missing"):
         build_reward("convergence", options=(1, 2), metric="lpips")

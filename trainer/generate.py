@@ -224,7 +224,8 @@ def _measure_units(table, source, reward, settings, chunk, seed, prompts, refere
     return rendered
 
 
-def _render(source: ImageSource, prompts, seed, steps, references, reward, progress) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _render(source: ImageSource, prompts, seed, steps, references, reward,
+            progress) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Images, per-image seconds and how many images were rendered for them: none when the reference was made at
     ``steps`` (it is those images)."""
     if references is not None and steps == reward.reference_steps:

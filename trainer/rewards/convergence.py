@@ -29,7 +29,8 @@ METRICS = ("ssim", "lpips")
 PSNR_CAP_DB = 100.0  # identical images: a finite number, so table means stay finite
 _WINDOW, _SIGMA, _K1, _K2 = 11, 1.5, 0.01, 0.03
 # LPIPS's backbone weights as torchvision caches them; LPIPS never gets them any other way here (no download).
-_LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth", "squeeze": "squeezenet1_1-b8a52dc0.pth"}
+_LPIPS_BACKBONES = {"alex": "alexnet-owt-7be5be79.pth", "vgg": "vgg16-397923af.pth",
+                    "squeeze": "squeezenet1_1-b8a52dc0.pth"}
 
 
 def gaussian_window(size: int, sigma: float = _SIGMA) -> torch.Tensor:
