@@ -305,7 +305,7 @@ def test_example_workflows_run_as_shipped(comfy):
             if "ckpt_name" in inputs:
                 inputs["ckpt_name"] = CHECKPOINT
             if "policy" in inputs:
-                assert inputs["policy"] == "adadiff-sd15.safetensors"
+                assert inputs["policy"] == "my_checkpoint.safetensors"
                 inputs["policy"] = "two.safetensors"
             if node["class_type"] == "EmptyLatentImage":
                 inputs.update(width=64, height=64)

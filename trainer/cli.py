@@ -254,7 +254,7 @@ def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, sp
 def _build_reward(settings: GenerateSettings, device: torch.device):
     from .rewards import build_reward
 
-    return build_reward(settings.reward, device=device, **settings.reward_settings)
+    return build_reward(settings.reward, device=device, options=settings.options, **settings.reward_settings)
 
 
 def _resolve_scheduler(name: str):

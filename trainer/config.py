@@ -38,6 +38,7 @@ MAX_BATCH_SIZE = 4096
 MAX_SIZE = 8192  # pixels
 MAX_GUIDANCE = 100.0
 MAX_UPDATES = 10**7
+SEARCHES = ("full", "bisect")  # how generate covers the step options (see generate.py)
 
 
 class TrainerInputError(ValueError):
@@ -102,6 +103,9 @@ class GenerateSettings:
     batch_size: int = _setting(8, "prompts sampled together in one pipeline call", int)
     reward: str = _setting("clip", "IQS backend: clip, aesthetic, hpsv2, toy, or composite:name=weight,...")
     reward_settings: dict = _setting({}, "settings handed to the reward backend (TOML table only)", flag=False)
+    search: str = _setting("full", "full: sample every option; bisect: for a reward whose IQS saturates (convergence), "
+                                   "sample the fewest and the largest option and bisect for the first converged one, "
+                                   "inferring the rest (recorded as inferred)")
     device: str = _setting("auto", "torch device for the diffusion model, e.g. cpu or cuda (auto: the one accelerate "
                                    "gives this process)")
 
@@ -126,6 +130,8 @@ class GenerateSettings:
         if not 0 <= self.guidance <= MAX_GUIDANCE:
             raise TrainerInputError(f"--guidance must be from 0 to {MAX_GUIDANCE:g}, got {self.guidance}")
         _check_device(self.device)
+        if self.search not in SEARCHES:
+            raise TrainerInputError(f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
 
 
 @dataclass(frozen=True)

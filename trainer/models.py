@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 
 from ..policy.bounded import parse_json, read_regular_file
+from .a1111_samplers import SAMPLERS as A1111_SAMPLERS
+from .a1111_samplers import a1111_scheduler
 from .model_configs import Checkpoint, detect_family, prepare_config_folder
 
 log = logging.getLogger(__name__)
@@ -79,15 +81,17 @@ def load_pipeline(spec: str, *, scheduler: str = "ddim", device="cpu", dtype: to
 
 
 def resolve_scheduler(name: str):
-    """(scheduler class, extra config) for a short name or any diffusers scheduler class name."""
+    """(scheduler class, extra config) for a short name, an A1111 sampler name (see :mod:`.a1111_samplers`) or any
+    diffusers scheduler class name."""
     import diffusers
 
-    class_name, settings = SCHEDULERS.get(name.lower(), (name, {}))
+    class_name, settings = SCHEDULERS.get(name.lower()) or a1111_scheduler(name) or (name, {})
     candidate = getattr(diffusers, class_name, None) if class_name.endswith("Scheduler") else None
     if not (isinstance(candidate, type) and issubclass(candidate, diffusers.SchedulerMixin)):
         raise ValueError(
-            f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)} or a diffusers scheduler class name "
-            "such as DPMSolverMultistepScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler"
+            f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULERS)}, an A1111 sampler name with an optional "
+            f"schedule type such as 'DPM++ 2M Karras' ({', '.join(A1111_SAMPLERS)}), or a diffusers scheduler class "
+            "name such as DPMSolverMultistepScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler"
         )
     return candidate, settings
 

@@ -7,6 +7,11 @@ Layout of a table folder::
     units/c00012-s1-o25.safetensors     IQS, its components and sampling time of chunk 12, seed 1, 25 steps
     units/c00012-s1-ref.safetensors     reference images of chunk 12, seed 1 (only for rewards that need one;
                                         deleted once every option of that chunk and seed is done)
+    units/c00012-s1-o25-probe.safetensors   a bisecting search's rendering of some prompts of chunk 12, seed 1 at 25
+                                        steps (``rows``: which); deleted once that chunk and seed are done
+
+A bisecting search (``search: bisect`` in table.json, see :mod:`.generate`) renders only some options; its unit
+pieces carry ``measured`` (bool per prompt), and the other values are inferred. Full tables have no such key.
 
 A chunk is a fixed run of ``batch_size`` prompts, so the pieces do not depend on how many processes made them:
 any number of processes (or reruns) can fill one folder, and reading it merges them. Every file is written under a
@@ -33,6 +38,7 @@ TABLE_FORMAT = "adadiff-reward-table"
 TABLE_VERSION = 1
 MAX_DESCRIPTION_BYTES = 256 * 2**20  # table.json of a million prompts
 FEATURE_DTYPE = torch.float16
+MEASURED = "measured"  # a unit piece's per-prompt flag: rendered and scored (True) or inferred (False)
 _TEMPORARY_MARK = ".partial-"
 
 
@@ -46,6 +52,10 @@ def features_name(chunk: int) -> str:
 
 def reference_name(chunk: int, seed: int) -> str:
     return f"c{chunk:05d}-s{seed}-ref.safetensors"
+
+
+def probe_name(chunk: int, seed: int, steps: int) -> str:
+    return f"c{chunk:05d}-s{seed}-o{steps}-probe.safetensors"
 
 
 def chunk_count(n_prompts: int, batch_size: int) -> int:
@@ -156,6 +166,7 @@ class RewardTable:
     components: dict[str, torch.Tensor]  # name -> [N, S, O]
     time_s: torch.Tensor  # [N, S, O] seconds of sampling per image
     description: dict
+    measured: torch.Tensor | None = None  # [N, S, O] bool: rendered, or inferred by a bisecting search; None: all
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -167,14 +178,15 @@ class RewardTable:
                                   None if self.features.pooled is None else self.features.pooled[index])
         return RewardTable(tuple(self.prompts[i] for i in index.tolist()), self.options, self.seeds, features,
                            self.iqs[index], {k: v[index] for k, v in self.components.items()}, self.time_s[index],
-                           self.description)
+                           self.description, None if self.measured is None else self.measured[index])
 
     def seed_subset(self, indices: list[int]) -> "RewardTable":
         """The results of some seeds only (positions in ``seeds``), for fitting on some seeds and judging on others."""
         index = torch.as_tensor(indices, dtype=torch.long)
         return RewardTable(self.prompts, self.options, tuple(self.seeds[i] for i in indices), self.features,
                            self.iqs[:, index], {k: v[:, index] for k, v in self.components.items()},
-                           self.time_s[:, index], self.description)
+                           self.time_s[:, index], self.description,
+                           None if self.measured is None else self.measured[:, index])
 
 
 def load_table(folder: str | Path) -> RewardTable:
@@ -205,12 +217,15 @@ def load_table(folder: str | Path) -> RewardTable:
             raise TrainerInputError(f"{table.units / name}: holds the scores {sorted(unit)}, other pieces "
                                     f"{names}: {_REMAKE}")
     merged = {name: torch.cat([torch.stack([torch.stack([unit[name] for unit in per_seed], -1) for per_seed in chunk],
-                                           1) for chunk in rows]).float() for name in names}
+                                           1) for chunk in rows]) for name in names}
+    measured = merged.pop(MEASURED, None)
+    merged = {name: value.float() for name, value in merged.items()}
     tokens, masks = _pad_tokens(tokens, masks)
     return RewardTable(
         prompts=tuple(prompts), options=tuple(options), seeds=tuple(seeds),
         features=PolicyFeatures(tokens, masks, torch.cat(pooled) if pooled else None),
-        iqs=merged.pop("iqs"), time_s=merged.pop("time_s"), components=merged, description=description)
+        iqs=merged.pop("iqs"), time_s=merged.pop("time_s"), components=merged, description=description,
+        measured=measured)
 
 
 _REMAKE = "the pieces come from different runs; delete the folder and generate the table again"

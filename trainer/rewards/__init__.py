@@ -11,25 +11,30 @@ import inspect
 
 from .base import RewardBackend, check_batch
 
-KNOWN_REWARDS = ("clip", "aesthetic", "hpsv2", "toy", "composite")
+KNOWN_REWARDS = ("clip", "aesthetic", "hpsv2", "toy", "convergence", "composite")
 _BACKENDS = {"clip": (".clip_score", "ClipScore"), "aesthetic": (".aesthetic", "AestheticScore"),
-             "hpsv2": (".hps", "HPSv2Score"), "toy": ("..embedded", "ToyIQS")}
+             "hpsv2": (".hps", "HPSv2Score"), "toy": ("..embedded", "ToyIQS"),
+             "convergence": (".convergence", "ConvergenceScore")}
+_GIVEN_BY_TRAINER = ("options",)  # handed to every backend that takes them, never a user's setting
 
 
-def build_reward(name: str, *, device=None, **settings) -> RewardBackend:
-    """A reward backend by name; `settings` go to its constructor, `device` to every backend that runs a model.
+def build_reward(name: str, *, device=None, options=None, **settings) -> RewardBackend:
+    """A reward backend by name; `settings` go to its constructor, `device` to every backend that runs a model,
+    `options` (the table's step options) to every backend whose defaults depend on them.
 
     Unknown names and unknown settings raise ValueError before anything is loaded.
     """
     name, _, spec = name.strip().lower().partition(":")
     if name == "composite":
         weights = dict(settings.pop("weights", None) or parse_weights(spec))
-        return _composite(weights, settings, device)
+        return _composite(weights, settings, device, options)
     if spec:
         raise ValueError(f"only composite takes ':' settings, got {name}:{spec}")
     backend_class = _checked_class(name, settings)
-    if "device" in inspect.signature(backend_class).parameters and device is not None:
-        settings["device"] = device
+    accepted = inspect.signature(backend_class).parameters
+    for key, value in (("device", device), ("options", options)):
+        if key in accepted and value is not None:
+            settings[key] = value
     backend = backend_class(**settings)
     if not isinstance(backend, RewardBackend):
         raise TypeError(f"{backend_class.__name__} does not provide name, reference_steps and "
@@ -42,7 +47,7 @@ def _checked_class(name: str, settings: dict) -> type:
     if name not in _BACKENDS:
         raise ValueError(f"unknown reward {name!r}; known rewards: {', '.join(KNOWN_REWARDS)}")
     backend_class = _backend_class(name)
-    accepted = inspect.signature(backend_class).parameters
+    accepted = [p for p in inspect.signature(backend_class).parameters if p not in _GIVEN_BY_TRAINER]
     unknown = set(settings) - set(accepted)
     if unknown:
         raise ValueError(f"the {name} reward takes no setting {', '.join(sorted(unknown))}; its settings: "
@@ -73,7 +78,7 @@ def parse_weights(spec: str) -> dict[str, float]:
     return weights
 
 
-def _composite(weights: dict[str, float], settings: dict, device) -> RewardBackend:
+def _composite(weights: dict[str, float], settings: dict, device, options) -> RewardBackend:
     from .composite import CompositeScore
 
     stray = set(settings) - set(weights)
@@ -83,7 +88,8 @@ def _composite(weights: dict[str, float], settings: dict, device) -> RewardBacke
         raise ValueError("a composite cannot contain another composite")
     for part, weight in weights.items():  # every name and setting checked before any model loads
         _checked_class(part, settings.get(part, {}))
-    return CompositeScore({part: (weight, build_reward(part, **{"device": device, **settings.get(part, {})}))
+    given = {"device": device, "options": options}
+    return CompositeScore({part: (weight, build_reward(part, **{**given, **settings.get(part, {})}))
                            for part, weight in weights.items()})
 
 
