@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..policy import PAPER_OPTIONS, PolicyConfig
+from .prompt_syntax import PROMPT_SYNTAXES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -67,6 +68,9 @@ class GenerateSettings:
     batch_size: int = _setting(8, "prompts sampled together in one pipeline call", int)
     reward: str = _setting("clip", "IQS backend: clip, aesthetic, hpsv2, toy, or composite:name=weight,...")
     reward_settings: dict = _setting({}, "settings handed to the reward backend (TOML table only)", flag=False)
+    prompt_syntax: str = _setting("comfyui", "how the policy reads prompt text: comfyui or a1111 (weights, long "
+                                             "prompts, BREAK and LoRA tags as that host reads them) or plain (the "
+                                             "raw text, cut at 75 tokens); name the host the policy will run in")
     device: str = _setting("auto", "torch device for the diffusion model, e.g. cpu or cuda (auto: the one accelerate "
                                    "gives this process)")
 
@@ -81,6 +85,9 @@ class GenerateSettings:
             raise TrainerInputError(f"--batch-size must be at least 1, got {self.batch_size}")
         if self.size is not None and (self.size < 8 or self.size % 8):
             raise TrainerInputError(f"--size must be a multiple of 8 pixels, got {self.size}")
+        if self.prompt_syntax not in PROMPT_SYNTAXES:
+            raise TrainerInputError(f"--prompt-syntax must be one of {', '.join(PROMPT_SYNTAXES)}, got "
+                                    f"{self.prompt_syntax!r}")
         if self.guidance < 0:
             raise TrainerInputError(f"--guidance must not be negative, got {self.guidance}")
 

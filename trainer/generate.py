@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..policy import policy_features
 from .config import GenerateSettings
-from .models import encode_prompts, prompt_token_limit, token_lengths
+from .models import host_conditioning, prompt_token_limit, token_lengths
 from .table import (FEATURE_DTYPE, TABLE_FORMAT, TABLE_VERSION, TableFolder, chunk_count, features_name,
                     reference_name, unit_name)
 
@@ -55,7 +55,8 @@ def describe_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
         "seeds": list(settings.seeds),
         "batch_size": settings.batch_size,
         "sampling": {"scheduler": settings.scheduler, "scheduler_class": type(pipe.scheduler).__name__,
-                     "guidance": settings.guidance, "size": image_size(pipe, settings)},
+                     "guidance": settings.guidance, "size": image_size(pipe, settings),
+                     "prompt_syntax": settings.prompt_syntax},
         "model": model,
         "reward": {"name": reward.name, "settings": settings.reward_settings,
                    "reference_steps": reward.reference_steps},
@@ -101,7 +102,7 @@ def generate_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
               dynamic_ncols=True) as bar:
         for chunk in chunks:
             if not table.has(features_name(chunk)):
-                features = _features(pipe, _chunk(prompts, chunk, settings))
+                features = _features(pipe, _chunk(prompts, chunk, settings), settings.prompt_syntax)
                 table.write(features_name(chunk), features, state.process_index)
         for chunk, seed, todo in work:
             chunk_prompts = _chunk(prompts, chunk, settings)
@@ -136,9 +137,12 @@ def _chunk(prompts: Sequence[str], chunk: int, settings: GenerateSettings) -> li
     return list(prompts[chunk * settings.batch_size:(chunk + 1) * settings.batch_size])
 
 
-def _features(pipe, prompts: list[str]) -> dict[str, torch.Tensor]:
-    embeds, pooled = encode_prompts(pipe, prompts)
-    features = policy_features(embeds, pooled=pooled)
+def _features(pipe, prompts: list[str], syntax: str) -> dict[str, torch.Tensor]:
+    """The policy input of ``prompts`` as the host named by ``syntax`` conditions them: one conditioning entry per
+    prompt, so prompts of different chunk counts are padded and masked, each read as the host reads it alone."""
+    entries = host_conditioning(pipe, prompts, syntax)
+    features = policy_features([[states, {} if pooled is None else {"pooled_output": pooled}]
+                                for states, pooled in entries])
     tensors = {"tokens": features.tokens.to(FEATURE_DTYPE), "mask": features.mask}
     if features.pooled is not None:
         tensors["pooled"] = features.pooled.float()
