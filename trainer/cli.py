@@ -223,7 +223,7 @@ def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, sp
     device = state.device if settings.device == "auto" else torch.device(settings.device)
     reward = _checked(lambda: _build_reward(settings, device), "--reward")
     pipe, info = _checked(lambda: _load_model(model, settings, device), "--model")
-    warn_about_long_prompts(pipe, prompts)
+    warn_about_long_prompts(pipe, prompts, settings.prompt_syntax)
     if split_at is not None:
         logger.info("reward table for %d training and %d held-out prompts", split_at, len(prompts) - split_at)
     generate_table(pipe, prompts, reward, settings, folder, model=info, state=state)

@@ -63,15 +63,17 @@ def describe_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
     }
 
 
-def warn_about_long_prompts(pipe, prompts: Sequence[str]) -> int:
+def warn_about_long_prompts(pipe, prompts: Sequence[str], syntax: str = "plain") -> int:
     """Say, before any sampling, which prompts the text encoder will cut and where; returns how many."""
     limit = prompt_token_limit(pipe)
     long_ones = [(i, n) for i, n in enumerate(token_lengths(pipe, prompts)) if n > limit]
     if long_ones:
         shown = ", ".join(f"#{i + 1} ({n} tokens)" for i, n in long_ones[:5])
+        cut = ("both the images and the policy's features" if syntax == "plain" else
+               f"the images (the policy's features read the whole prompt in chunks, as {syntax} does)")
         logger.warning("%d prompt(s) are longer than the text encoder takes and will be truncated at %d tokens: the "
-                       "rest of the prompt is ignored for both the images and the policy's features (%s%s)",
-                       len(long_ones), limit, shown, ", ..." if len(long_ones) > 5 else "")
+                       "rest of the prompt is ignored for %s (%s%s)",
+                       len(long_ones), limit, cut, shown, ", ..." if len(long_ones) > 5 else "")
     return len(long_ones)
 
 
