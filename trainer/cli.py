@@ -138,8 +138,12 @@ def _evaluate(from_file: dict, flags: dict) -> int:
     out = Path(_required(job.out, "--out", "the folder for the report"))
     _refuse_overwrite([out / name for name in REPORT_FILES], job.force)
     policy = load_policy(_required(job.policy, "--policy", "the policy file to evaluate"))
-    if job.table is None:  # make the table here, for the policy's own step options unless told otherwise
-        settings = build_settings(GenerateSettings, {"options": list(policy.config.options)}, from_file, flags)
+    if job.table is None:  # make the table here, for the policy's own step options and prompt syntax unless told
+        defaults = {"options": list(policy.config.options)}
+        recorded_syntax = policy.info.get("sampling", {}).get("prompt_syntax")
+        if recorded_syntax is not None:
+            defaults["prompt_syntax"] = recorded_syntax
+        settings = build_settings(GenerateSettings, defaults, from_file, flags)
         made = _make_table(settings, _required_prompts(job.prompts), out / "table")
         if made is None:
             return 0
