@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -48,13 +49,42 @@ FORMS = (
 AGREEMENT_PROMPTS = tuple(form.format(subject) for form in FORMS for subject in SUBJECTS) + PROMPTS
 
 
+def clip_tokenizer(folder: Path) -> CLIPTokenizer:
+    """CLIP's tokenizer as SD1.5 configures it, its vocabulary files written into ``folder``."""
+    write_clip_vocab(folder)
+    tokenizer_config = json.loads((FAMILIES["sd15"].folder / "tokenizer" / "tokenizer_config.json").read_text())
+    return CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
+                         **{k: v for k, v in tokenizer_config.items() if k != "tokenizer_class"})
+
+
+def small_text_encoder(folder: Path, width: int = 64, seed: int = 0) -> SimpleNamespace:
+    """A text-only stand-in of a pipeline (``tokenizer``, ``text_encoder``) for A1111's emphasis: a 2-layer CLIP of
+    ``width`` with weights drawn from a seeded generator (the same on every machine) and, as real CLIP has, output
+    states whose mean over tokens and channels is far from zero. A1111's "Original" emphasis divides by that mean;
+    the full-size random CLIP-L above has a mean of ~1e-7 for some prompts, which makes the webui's own numbers
+    depend on the summation order (thread count, hardware) by percents."""
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406,
+                            eos_token_id=49407, pad_token_id=49407)
+    text_encoder = CLIPTextModel(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in text_encoder.state_dict().items():
+            if name.endswith("position_ids"):
+                continue
+            if "norm" in name:
+                base = 1.0 if name.endswith("weight") else 0.0
+                tensor.copy_(base + 0.05 * torch.randn(tensor.shape, generator=generator))
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) / max(tensor.shape[-1], 1) ** 0.5)
+        text_encoder.final_layer_norm.bias[:4] += 2.0  # a few large channels, as CLIP's output has
+    return SimpleNamespace(tokenizer=clip_tokenizer(folder), text_encoder=text_encoder)
+
+
 def checkpoint_text_pipeline(checkpoint: Path, folder: Path) -> StableDiffusionPipeline:
     """The pipeline described above, with its tokenizer files written into ``folder``."""
     family = FAMILIES["sd15"].folder
-    write_clip_vocab(folder)
-    tokenizer_config = json.loads((family / "tokenizer" / "tokenizer_config.json").read_text())
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"),
-                              **{k: v for k, v in tokenizer_config.items() if k != "tokenizer_class"})
+    tokenizer = clip_tokenizer(folder)
     config = CLIPTextConfig.from_pretrained(family / "text_encoder")
     text_encoder = CLIPTextModel(config)
     weights = {key[len(CLIP_PREFIX):]: value.float() for key, value in load_file(str(checkpoint)).items()

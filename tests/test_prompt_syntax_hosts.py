@@ -9,12 +9,14 @@ tiny SD1.5 checkpoint the ComfyUI tests build (full-size CLIP-L, random weights,
   (``FrozenCLIPEmbedderWithCustomWords``), ``prompt_parser.py``, ``sd_emphasis.py`` and
   ``extra_networks.parse_prompt``, imported from a snapshot of the webui, not the whole webui: ``modules.shared.opts``
   stood in with the v1.10.1 defaults (emphasis "Original", comma padding backtrack 20, clip skip 1), no textual
-  inversion embeddings, the wrapped ``transformer``/``tokenizer`` being this file's ``checkpoint_text_pipeline``'s
-  text encoder and tokenizer. Each prompt went through ``extra_networks.parse_prompt`` (the LoRA-tag removal the
-  webui does before ``process_batch``) and then the embedder's ``forward([prompt])``, which is what
-  ``sd_model.get_learned_conditioning`` runs for SD1.x; :func:`fixture_summary` of each result was saved with
-  :func:`clip_fingerprint` of the weights. The trainer must match within 1e-4. (Those states matched the trainer's
-  ``a1111`` syntax exactly, 0.0 difference, on the machine that made them.)
+  inversion embeddings, the wrapped ``tokenizer``/``transformer`` being ``host_prompts.small_text_encoder()``'s
+  (a seeded 64-wide CLIP: A1111's emphasis divides by the chunk's mean, which for the checkpoint's random CLIP-L is
+  ~1e-7 on some prompts, so there even the webui's own numbers move by percents with the thread count). Each prompt
+  went through ``extra_networks.parse_prompt`` (the LoRA-tag removal the webui does before ``process_batch``) and
+  then the embedder's ``forward([prompt])``, which is what ``sd_model.get_learned_conditioning`` runs for SD1.x;
+  :func:`fixture_summary` of each result was saved with :func:`clip_fingerprint` of the weights. The trainer must
+  match within 1e-4. (On the checkpoint's CLIP-L and on the small CLIP alike, the webui's states equalled the
+  trainer's ``a1111`` syntax exactly, 0.0 difference, on the machine that made them.)
 * End to end: one policy fitted on a reward table the trainer made, then the step count per prompt from the
   trainer's evaluation path (table features -> ``policy_choices``), from the ComfyUI Step Selector in a real ComfyUI
   server and from the A1111 extension on the webui stand-ins, whose ``get_learned_conditioning`` is the trainer's
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -43,7 +46,7 @@ from adadiff.trainer.table import RewardTable, load_table
 
 from comfy_checkpoint import cached_tiny_sd15
 from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, comfyui_dir, install_requirements
-from host_prompts import AGREEMENT_PROMPTS, PROMPTS, checkpoint_text_pipeline
+from host_prompts import AGREEMENT_PROMPTS, PROMPTS, checkpoint_text_pipeline, small_text_encoder
 from trainer_fixtures import Brightness
 
 A1111_FIXTURE = Path(__file__).parent / "fixtures" / "a1111_v1.10.1_sd15_prompts.safetensors"
@@ -90,7 +93,7 @@ def comfyui_encodings(comfy_dir: Path, checkpoint: Path, prompts, folder: Path) 
     out = folder / "comfyui.safetensors"
     done = subprocess.run([sys.executable, str(Path(__file__).parent / "comfy_encode.py"), str(comfy_dir),
                            str(checkpoint), str(folder / "prompts.json"), str(out)], capture_output=True, text=True,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-4000:]
     return load_file(str(out))
 
@@ -110,7 +113,13 @@ def test_comfyui_syntax_equals_real_comfyui_clip_text_encode(pipe, checkpoint, c
     assert (plain[1][0] - reference["cond.1"]).abs().max() > 0.1
 
 
-def test_a1111_syntax_equals_fixtures_from_real_a1111(pipe):
+@pytest.fixture(scope="module")
+def small_encoder(tmp_path_factory):
+    return small_text_encoder(tmp_path_factory.mktemp("small-clip-vocab"))
+
+
+def test_a1111_syntax_equals_fixtures_from_real_a1111(small_encoder):
+    pipe = small_encoder
     with safe_open(str(A1111_FIXTURE), "pt") as handle:
         assert json.loads(handle.metadata()["prompts"]) == list(PROMPTS), "fixture made for other prompts"
         fixture = {key: handle.get_tensor(key) for key in handle.keys()}

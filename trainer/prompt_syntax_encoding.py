@@ -10,8 +10,8 @@ Weights (``weights != 1``) change the states after the encoder, differently per 
 * ComfyUI: ``z_empty + (z - z_empty) * w`` per token, where ``z_empty`` is the empty prompt's chunk at the same
   position (only tokens whose weight is not 1 are touched);
 * A1111 ("Original" emphasis): ``z * w``, then the chunk is rescaled so its mean over all tokens and channels is
-  what it was before weighting. The webui takes that mean over the whole batch it encodes at once; here every prompt
-  is encoded as a batch of its own, as ComfyUI always does and the webui does one image per batch.
+  what it was before weighting. The webui takes that mean over the whole batch it encodes at once; here it is taken
+  per prompt, as the webui does for a batch of one prompt (ComfyUI always encodes one prompt at a time).
 
 The pooled vector is never weighted (both hosts take it before weighting).
 """
