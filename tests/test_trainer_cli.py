@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from adadiff.policy import read_metadata
+from adadiff.policy import load_policy, read_metadata, save_policy
 from adadiff.trainer import cli
 from adadiff.trainer.table import TableFolder, load_table
 from trainer_fixtures import WORLD_PROMPTS, save_tiny_pipeline
@@ -115,7 +115,7 @@ def test_run_fits_and_evaluates_then_fit_and_evaluate_alone(assets, uninterrupte
     assert info["model_family"] == "custom" and info["base_model"]["name"] == "model"
     assert info["base_model"]["fingerprint"].startswith("sha256:")
     assert info["sampling"] == {"scheduler": "ddim", "scheduler_class": "DDIMScheduler", "guidance": 2.0,
-                                "size": 32, "seeds": [0, 1]}
+                                "size": 32, "prompt_syntax": "comfyui", "seeds": [0, 1]}
     assert info["reward"] == {"backend": "toy", "objective": "quality", "tolerance_pct": 1.0,
                               "target": "IQS loss against the largest option, % of its IQS, seed-averaged"}
     assert meta["config"]["objective"] == "quality" and info["summary"]["objective"] == "quality"
@@ -133,6 +133,18 @@ def test_run_fits_and_evaluates_then_fit_and_evaluate_alone(assets, uninterrupte
     assert cli.main(["evaluate", "--policy", str(out / "again.safetensors"), "--table", str(out / "table"),
                      "--out", str(out / "eval")]) == 0
     assert "AdaDiff on 6 held-out prompts" in capsys.readouterr().out
+
+
+def test_evaluate_reads_held_out_prompts_with_the_policys_prompt_syntax(assets, uninterrupted, tmp_path):
+    assert cli.main(["fit", "--table", str(uninterrupted), "--out", str(tmp_path / "p.safetensors"),
+                     "--max-updates", "1"]) == 0
+    policy = load_policy(tmp_path / "p.safetensors")
+    policy.info["sampling"]["prompt_syntax"] = "a1111"  # as if fitted on a table made with --prompt-syntax a1111
+    save_policy(policy, tmp_path / "a1111.safetensors")
+    assert cli.main(["evaluate", "--policy", str(tmp_path / "a1111.safetensors"), "--model", str(assets / "model"),
+                     "--prompts", str(assets / "heldout.txt"), "--out", str(tmp_path / "eval"),
+                     "--config", str(assets / "settings.toml")]) == 0
+    assert TableFolder(tmp_path / "eval" / "table").read_description()["sampling"]["prompt_syntax"] == "a1111"
 
 
 @pytest.fixture

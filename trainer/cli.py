@@ -140,8 +140,12 @@ def _evaluate(from_file: dict, flags: dict) -> int:
     _check_writable(out, "--out")
     _refuse_overwrite([out / name for name in REPORT_FILES], job.force)
     policy = load_policy(_required(job.policy, "--policy", "the policy file to evaluate"))
-    if job.table is None:  # make the table here, for the policy's own step options unless told otherwise
-        settings = build_settings(GenerateSettings, {"options": list(policy.config.options)}, from_file, flags)
+    if job.table is None:  # make the table here, for the policy's own step options and prompt syntax unless told
+        defaults = {"options": list(policy.config.options)}
+        recorded_syntax = policy.info.get("sampling", {}).get("prompt_syntax")
+        if recorded_syntax is not None:
+            defaults["prompt_syntax"] = recorded_syntax
+        settings = build_settings(GenerateSettings, defaults, from_file, flags)
         made = _make_table(settings, _required_prompts(job.prompts), out / "table")
         if made is None:
             return 0
@@ -244,7 +248,7 @@ def _make_table(settings: GenerateSettings, prompts: list[str], folder: Path, sp
     _checked(lambda: _resolve_scheduler(settings.scheduler), "--scheduler")  # before any weights are read
     reward = _checked(lambda: _build_reward(settings, device), "--reward")
     pipe, info = _checked(lambda: _load_model(model, settings, device), "--model")
-    warn_about_long_prompts(pipe, prompts)
+    warn_about_long_prompts(pipe, prompts, settings.prompt_syntax)
     if split_at is not None:
         logger.info("reward table for %d training and %d held-out prompts", split_at, len(prompts) - split_at)
     generate_table(pipe, prompts, reward, settings, folder, model=info, state=state)

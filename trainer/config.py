@@ -19,6 +19,7 @@ from ..policy import PAPER_OPTIONS, PolicyConfig
 from ..policy.network import OBJECTIVES
 from ..policy.bounded import read_regular_file, short_text
 from ..policy.errors import BadInputError
+from .prompt_syntax import PROMPT_SYNTAXES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,6 +107,9 @@ class GenerateSettings:
     search: str = _setting("full", "full: sample every option; bisect: for a reward whose IQS saturates (convergence), "
                                    "sample the fewest and the largest option and bisect for the first converged one, "
                                    "inferring the rest (recorded as inferred)")
+    prompt_syntax: str = _setting("comfyui", "how the policy reads prompt text: comfyui or a1111 (weights, long "
+                                             "prompts, BREAK and LoRA tags as that host reads them) or plain (the "
+                                             "raw text, cut at 75 tokens); name the host the policy will run in")
     device: str = _setting("auto", "torch device for the diffusion model, e.g. cpu or cuda (auto: the one accelerate "
                                    "gives this process)")
 
@@ -132,6 +136,9 @@ class GenerateSettings:
         _check_device(self.device)
         if self.search not in SEARCHES:
             raise TrainerInputError(f"--search must be one of {', '.join(SEARCHES)}, got {self.search!r}")
+        if self.prompt_syntax not in PROMPT_SYNTAXES:
+            raise TrainerInputError(f"--prompt-syntax must be one of {', '.join(PROMPT_SYNTAXES)}, got "
+                                    f"{self.prompt_syntax!r}")
 
 
 @dataclass(frozen=True)

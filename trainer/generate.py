@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..policy import PolicyFeatures, policy_features
 from .config import GenerateSettings, TrainerInputError
-from .models import encode_prompts, prompt_token_limit, token_lengths
+from .models import host_conditioning, prompt_token_limit, token_lengths
 from .table import (FEATURE_DTYPE, MEASURED, TABLE_FORMAT, TABLE_VERSION, TableFolder, chunk_count, features_name,
                     probe_name, reference_name, unit_name)
 
@@ -64,7 +64,7 @@ def describe_table(pipe, prompts: Sequence[str], reward, settings: GenerateSetti
     """Everything that decides the table's numbers; a folder is only ever resumed for an identical description."""
     return table_description(prompts, reward, settings, model, {
         "scheduler": settings.scheduler, "scheduler_class": type(pipe.scheduler).__name__,
-        "guidance": settings.guidance, "size": image_size(pipe, settings)})
+        "guidance": settings.guidance, "size": image_size(pipe, settings), "prompt_syntax": settings.prompt_syntax})
 
 
 def table_description(prompts: Sequence[str], reward, settings: GenerateSettings, model: dict, sampling: dict) -> dict:
@@ -93,15 +93,17 @@ def check_search(reward, settings: GenerateSettings) -> None:
                                 f"its reference (convergence); {reward.name} does not: use --search full")
 
 
-def warn_about_long_prompts(pipe, prompts: Sequence[str]) -> int:
+def warn_about_long_prompts(pipe, prompts: Sequence[str], syntax: str = "plain") -> int:
     """Say, before any sampling, which prompts the text encoder will cut and where; returns how many."""
     limit = prompt_token_limit(pipe)
     long_ones = [(i, n) for i, n in enumerate(token_lengths(pipe, prompts)) if n > limit]
     if long_ones:
         shown = ", ".join(f"#{i + 1} ({n} tokens)" for i, n in long_ones[:5])
+        cut = ("both the images and the policy's features" if syntax == "plain" else
+               f"the images (the policy's features read the whole prompt in chunks, as {syntax} does)")
         logger.warning("%d prompt(s) are longer than the text encoder takes and will be truncated at %d tokens: the "
-                       "rest of the prompt is ignored for both the images and the policy's features (%s%s)",
-                       len(long_ones), limit, shown, ", ..." if len(long_ones) > 5 else "")
+                       "rest of the prompt is ignored for %s (%s%s)",
+                       len(long_ones), limit, cut, shown, ", ..." if len(long_ones) > 5 else "")
     return len(long_ones)
 
 
@@ -151,8 +153,11 @@ class PipelineSource:
         return sample(self.pipe, prompts, seed, steps, self.settings)
 
     def features(self, prompts: Sequence[str]) -> PolicyFeatures:
-        embeds, pooled = encode_prompts(self.pipe, prompts)
-        return policy_features(embeds, pooled=pooled)
+        """As the host named by the prompt syntax conditions them: one conditioning entry per prompt, so prompts of
+        different chunk counts are padded and masked, each read as the host reads it alone."""
+        entries = host_conditioning(self.pipe, prompts, self.settings.prompt_syntax)
+        return policy_features([[states, {} if pooled is None else {"pooled_output": pooled}]
+                                for states, pooled in entries])
 
 
 @dataclass(frozen=True)

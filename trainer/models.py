@@ -18,6 +18,8 @@ from ..policy.bounded import parse_json, read_regular_file
 from .a1111_samplers import SAMPLERS as A1111_SAMPLERS
 from .a1111_samplers import a1111_scheduler
 from .model_configs import Checkpoint, detect_family, prepare_config_folder
+from .prompt_syntax import PromptSyntax, check_syntax
+from .prompt_syntax_encoding import encode_with_syntax
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +197,17 @@ def token_lengths(pipe, prompts: Sequence[str]) -> list[int]:
     """Prompt tokens per prompt, start/end tokens excluded; compare with `prompt_token_limit` before long work."""
     ids = pipe.tokenizer(list(prompts), add_special_tokens=False, truncation=False).input_ids
     return [len(row) for row in ids]
+
+
+def host_conditioning(pipe, prompts: Sequence[str], syntax: PromptSyntax = "plain"
+                      ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per prompt, the conditioning the host named by ``syntax`` hands the policy: (states [1, 77 * chunks, D],
+    pooled [1, P] or None). ``comfyui`` and ``a1111`` read weights, long prompts and (A1111) ``BREAK`` and LoRA tags
+    as those hosts do (see :mod:`.prompt_syntax`); ``plain`` is :func:`encode_prompts`, one chunk per prompt."""
+    if check_syntax(syntax) != "plain":
+        return encode_with_syntax(pipe, prompts, syntax)
+    embeds, pooled = encode_prompts(pipe, prompts)
+    return [(embeds[i:i + 1], None if pooled is None else pooled[i:i + 1]) for i in range(len(embeds))]
 
 
 @torch.no_grad()
