@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.adadiff-installed
 
-.PHONY: demo test install embedded-model benchmark
+.PHONY: demo test install embedded-model benchmark known-answer
 
 install: $(STAMP)
 
@@ -25,5 +25,12 @@ embedded-model: $(STAMP)
 	for phase in vae unet export; do OMP_NUM_THREADS=2 $(PY) -m adadiff.trainer.embedded.train --phase $$phase --threads 2 || exit 1; done
 
 benchmark: $(STAMP)
-	$(PY) benchmarks/policy_speed.py
-	$(PY) benchmarks/fit_speed.py
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/policy_speed.py | tee benchmarks/results/policy_speed.txt
+	$(PY) benchmarks/fit_speed.py | tee benchmarks/results/fit_speed.txt
+
+known-answer: $(STAMP)
+	mkdir -p benchmarks/results
+	for objective in quality reinforce; do OMP_NUM_THREADS=1 $(PY) benchmarks/known_answer.py --threads 1 \
+	  --objective $$objective --out benchmarks/results/known_answer_$$objective.json \
+	  | tee benchmarks/results/known_answer_$$objective.txt || exit 1; done

@@ -27,6 +27,7 @@ DISPLAY_NAMES = {
     "PreviewAny": "Preview as Text",
     "AdaDiffStepSelector": "AdaDiff Step Selector",
     "AdaDiffKSampler": "AdaDiff KSampler",
+    "AdaDiffCalibrate": "AdaDiff Calibrate",
 }
 BACKGROUND, NODE, ADADIFF, TEXT, LINK = (32, 32, 36), (64, 64, 72), (38, 120, 96), (235, 235, 235), (150, 150, 170)
 

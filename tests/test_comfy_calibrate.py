@@ -17,7 +17,7 @@ CHECKPOINT = "tiny-sd15.safetensors"
 PROMPTS = "a red cube\ntwo blue balls on a table\na small green cone\nthree tiny striped shapes"
 N_PROMPTS = 4
 OPTIONS = (1, 2, 3, 4)
-WORKFLOW = REPO_ROOT / "example_workflows" / "adadiff_calibrate.json"
+WORKFLOW = REPO_ROOT / "example_workflows" / "AdaDiff Calibrate for your checkpoint.json"
 
 
 @pytest.fixture(scope="module")
