@@ -45,8 +45,9 @@ FORMS = (
     "{} <lora:add_detail:0.7>, film grain",
     "[{}:a watercolor painting:0.5]",
 )
-# The end-to-end set: every form around every subject, then the prompts above.
-AGREEMENT_PROMPTS = tuple(form.format(subject) for form in FORMS for subject in SUBJECTS) + PROMPTS
+# The end-to-end set: every form around every subject, then the prompts above, each once (a reward table refuses
+# repeats).
+AGREEMENT_PROMPTS = tuple(dict.fromkeys(tuple(form.format(subject) for form in FORMS for subject in SUBJECTS) + PROMPTS))
 
 
 def clip_tokenizer(folder: Path) -> CLIPTokenizer:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -28,21 +27,10 @@ from adadiff.policy.__main__ import main as policy_cli
 from adadiff.policy.describe import printable
 from policy_helpers import random_conditioning, write_crafted_policy
 
+pytestmark = pytest.mark.usefixtures("no_hang")  # a blocking read fails the test, not the suite
+
 SMALL = PolicyConfig(options=(2, 4, 8), width=16, heads=2, depth=1, token_dim=32)
 INFO = {"model_family": "sd15", "base_model": {"name": "tiny", "fingerprint": "sha256:ab"}, "sampling": {"guidance": 2}}
-
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    """A test that blocks (e.g. on a FIFO) fails after 60 s instead of stopping the suite."""
-    def timed_out(*_):
-        raise TimeoutError("blocked for 60 s")
-
-    previous = signal.signal(signal.SIGALRM, timed_out)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
 
 
 def _good_file(folder):

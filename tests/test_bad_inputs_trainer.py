@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 
 import pytest
 import torch
@@ -21,18 +20,7 @@ from adadiff.trainer.config import (FitSettings, GenerateSettings, JobSettings, 
 from adadiff.trainer.prompts import read_prompts
 from adadiff.trainer.table import TABLE_FORMAT, TABLE_VERSION, TableFolder, features_name, load_table, unit_name
 
-
-@pytest.fixture(autouse=True)
-def no_hang():
-    """A case that blocks (e.g. on a FIFO) fails after 60 s instead of stopping the suite."""
-    def timed_out(*_):
-        raise TimeoutError("blocked for 60 s")
-
-    previous = signal.signal(signal.SIGALRM, timed_out)
-    signal.alarm(60)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, previous)
+pytestmark = pytest.mark.usefixtures("no_hang")  # a blocking read fails the test, not the suite
 
 
 def _file(name, data):

@@ -25,6 +25,7 @@ CHECKPOINT = "tiny-sd15.safetensors"
 OPTIONS = (1, 2, 3)
 PACK_FOLDER = "ComfyUI-AdaDiff"  # what users usually clone the pack as; nothing may depend on it being 'adadiff'
 TEMPLATES = {"AdaDiff Step Selector into KSampler": "3", "AdaDiff KSampler (all in one)": "10"}  # -> sampler node
+CALIBRATION_TEMPLATE = "AdaDiff Calibrate for your checkpoint"  # run by tests/test_comfy_calibrate.py
 
 
 def _write_policy(path, favourite: int | None = None, *, margin=6.0, token_dim=768, pooled_dim=0, seed=0) -> None:
@@ -295,8 +296,9 @@ def test_example_workflows_run_as_shipped(comfy):
     """ComfyUI offers the UI-format examples as the pack's templates; they convert to valid API graphs and sample
     the policy's choice (model names swapped for the test's)."""
     templates = comfy.get("/workflow_templates")
-    assert sorted(templates[PACK_FOLDER]) == sorted(TEMPLATES)
-    assert sorted(TEMPLATES) == sorted(p.stem for p in (REPO_ROOT / "example_workflows").glob("*.json"))
+    shipped = sorted([*TEMPLATES, CALIBRATION_TEMPLATE])
+    assert sorted(templates[PACK_FOLDER]) == shipped
+    assert shipped == sorted(p.stem for p in (REPO_ROOT / "example_workflows").glob("*.json"))
     for name, sampler in TEMPLATES.items():
         workflow = comfy.get(f"/api/workflow_templates/{PACK_FOLDER}/{urllib.parse.quote(name)}.json")
         graph = api_graph_from_workflow(workflow, comfy)

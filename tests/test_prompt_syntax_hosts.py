@@ -158,7 +158,8 @@ def trained_policy(table: RewardTable):
     wanted = torch.tensor([prompt_difficulty(p) for p in table.prompts])
     iqs = torch.where(torch.arange(len(OPTIONS))[None, :] == wanted[:, None], 1.0, 0.5)[:, None, :]
     table = dataclasses.replace(table, iqs=iqs.expand_as(table.iqs).contiguous())
-    fit = FitSettings(top_k=1, policy_width=32, policy_depth=1, fit_batch_size=8, max_updates=300, patience=100)
+    fit = FitSettings(objective="reinforce", top_k=1, policy_width=32, policy_depth=1, fit_batch_size=8,
+                      max_updates=300, patience=100)  # agreement needs a policy that uses several options
     return fit_policy(table, fit, info=policy_info(table.description, fit), show_progress=False).policy
 
 
