@@ -122,13 +122,16 @@ class StepPolicy(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
         """tokens [B, T, D] fp32, mask [B, T] bool (True = real token), pooled [B, P] or None -> head outputs:
         logits [B, n] (reinforce) or predicted losses [B, n] in % (quality)."""
-        return self.forward_normalised(nn.functional.layer_norm(tokens, tokens.shape[-1:]), mask, pooled)
+        return self._from_projected(self.token_proj(self.token_norm(tokens)), mask, pooled)
 
     def forward_normalised(self, normalised: torch.Tensor, mask: torch.Tensor,
                            pooled: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` for token states already layer-normalised without affine terms (``normalise_tokens``); the
-        trainer normalises a table once instead of on every pass."""
-        x = self.token_proj(normalised * self.token_norm.weight + self.token_norm.bias)
+        trainer normalises a table once instead of on every pass. Same function, rounding aside."""
+        return self._from_projected(self.token_proj(normalised * self.token_norm.weight + self.token_norm.bias), mask,
+                                    pooled)
+
+    def _from_projected(self, x: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
         padding = None if bool(mask.all()) else ~mask  # no mask to apply in the common case: attention skips it
         x = self.out_norm(self.encoder(x, src_key_padding_mask=padding))
         weights = mask.unsqueeze(-1).to(x.dtype)

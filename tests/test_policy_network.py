@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from adadiff.policy import PAPER_OPTIONS, PolicyConfig, StepPolicy, init_policy
+from adadiff.policy.network import normalise_tokens
 
 
 def test_default_policy_is_small_and_reads_paper_options():
@@ -74,3 +75,15 @@ def test_config_round_trips_through_dict_and_refuses_unknown_keys():
 def test_policy_name_comes_from_its_file():
     assert StepPolicy(PolicyConfig(), source="/some/where/sdxl_fast.safetensors").name == "sdxl_fast.safetensors"
     assert "sd15" in StepPolicy(PolicyConfig(), info={"model_family": "sd15"}).name
+
+
+@pytest.mark.parametrize("objective", ["reinforce", "quality"])
+def test_the_trainers_pre_normalised_path_is_the_hosts_forward(objective):
+    policy = init_policy(PolicyConfig(token_dim=96, width=32, heads=4, depth=1, dropout=0.0, objective=objective))
+    with torch.no_grad():
+        policy.token_norm.weight.normal_()
+        policy.token_norm.bias.normal_()
+        tokens, mask = 5 * torch.randn(3, 20, 96), torch.ones(3, 20, dtype=torch.bool)
+        mask[1, 15:] = False
+        torch.testing.assert_close(policy.forward_normalised(normalise_tokens(tokens), mask), policy(tokens, mask),
+                                   atol=1e-4, rtol=1e-4)
