@@ -5,18 +5,15 @@ import torch
 
 from adadiff.trainer.config import GenerateSettings, TrainerInputError
 from adadiff.trainer.generate import generate_table, interpolate_unmeasured, sample
-from adadiff.trainer.models import load_pipeline, model_info
 from adadiff.trainer.table import TableFolder, load_table
-from trainer_fixtures import PROMPTS, Brightness, ClosenessToReference, save_tiny_pipeline
+from trainer_fixtures import PROMPTS, Brightness, ClosenessToReference, load_tiny_model
 
 OPTIONS = (1, 2, 3, 4, 5, 6)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = save_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny")
-    pipe = load_pipeline(str(folder))
-    return pipe, model_info(str(folder), pipe)
+    return load_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def settings(**changes):

@@ -6,14 +6,13 @@ from adadiff.trainer.config import GenerateSettings, TrainerInputError
 from adadiff.trainer.generate import generate_table, noise_seed, sample
 from adadiff.trainer.models import load_pipeline, model_info
 from adadiff.trainer.table import TableFolder, load_table
-from trainer_fixtures import PROMPTS, TOKEN_DIM, Brightness, ClosenessToReference, save_tiny_pipeline
+from trainer_fixtures import (PROMPTS, TOKEN_DIM, Brightness, ClosenessToReference, load_tiny_model,
+                              save_tiny_pipeline)
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    folder = save_tiny_pipeline(tmp_path_factory.mktemp("model") / "tiny")
-    pipe = load_pipeline(str(folder))
-    return pipe, model_info(str(folder), pipe)
+    return load_tiny_model(tmp_path_factory.mktemp("model") / "tiny")
 
 
 def settings(**changes):

@@ -16,6 +16,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adadiff.trainer.embedded.split import train_prompts
 from adadiff.trainer.embedded.tokenizer import world_words
+from adadiff.trainer.models import load_pipeline, model_info
 
 # The embedded world's words, so its captions (which the `toy` reward can check) tokenize into real tokens.
 WORDS = tuple(world_words()) + ("a", "red", "blue", "green", "cube", "ball", "cone", "of", "the", "table", "with")
@@ -67,6 +68,14 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 def save_tiny_pipeline(folder: Path) -> Path:
     build_tiny_pipeline().save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def load_tiny_model(folder: Path):
+    """The tiny pipeline saved into ``folder`` and loaded back the way the trainer loads a user's model, with its
+    model info: (pipe, info)."""
+    save_tiny_pipeline(folder)
+    pipe = load_pipeline(str(folder))
+    return pipe, model_info(str(folder), pipe)
 
 
 class ClosenessToReference:

@@ -28,6 +28,7 @@ import math
 import torch
 
 from ..policy import PolicyFeatures, StepPolicy, choose_steps
+from ..policy.decision import first_within
 from .fit import quality_loss_pct
 from .table import RewardTable
 
@@ -146,8 +147,7 @@ def _wordcount_choices(prompts, histogram: torch.Tensor, n: int) -> torch.Tensor
 
 def _oracle_choices(iqs: torch.Tensor, tolerance_pct: float) -> torch.Tensor:
     """Per prompt, the first (fewest-step) option whose seed-averaged IQS is within the tolerance of the largest's."""
-    good_enough = quality_loss_pct(iqs) <= tolerance_pct
-    return good_enough.double().argmax(1)  # argmax returns the first True
+    return first_within(quality_loss_pct(iqs), tolerance_pct)
 
 
 def _cross_seed_oracle(iqs: torch.Tensor, steps: torch.Tensor, tolerance_pct: float) -> dict | None:
@@ -179,8 +179,8 @@ def _correlation(a: torch.Tensor, b: torch.Tensor) -> float | None:
 def _fixed_within_tolerance(quality: torch.Tensor, steps: torch.Tensor, tolerance_pct: float) -> dict:
     """The fewest fixed steps whose mean IQS over the prompts is within the tolerance of the largest option's."""
     means = quality.mean(0)
-    drops = 100 * (means[-1] - means) / means[-1].abs().clamp_min(1e-12)
-    index = int((drops <= tolerance_pct).double().argmax().item())
+    drops = quality_loss_pct(means[None, None, :])[0]
+    index = int(first_within(drops[None], tolerance_pct).item())
     return {"steps": int(steps[index].item()), "iqs": means[index].item(), "iqs_drop_pct": drops[index].item(),
             "saving_pct": 100 * (1 - steps[index].item() / steps[-1].item())}
 

@@ -73,7 +73,7 @@ def markdown(report: dict) -> str:
     lines += ["", "IQS is averaged over seeds per prompt; SE is over prompts. The matched fixed count blends the two "
               "neighbouring options to the policy's exact mean; the random baseline is the exact expectation of "
               "drawing from the policy's step histogram; the oracle takes, per prompt, the fewest steps whose IQS "
-              "reaches the largest option's.", ""]
+              f"is within {report['tolerance_pct']:g}% of the largest option's.", ""]
     return "\n".join(lines)
 
 
