@@ -15,6 +15,7 @@ row's (see :mod:`.decision`). Nothing is converted here: dtype and device are le
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +69,8 @@ def check_values(features: PolicyFeatures) -> None:
 
 
 def _non_finite_rows(values: torch.Tensor) -> list[int]:
+    if math.isfinite(values.sum(dtype=torch.float32)):  # one reduction: any NaN or Inf makes the sum non-finite
+        return []
     return (~torch.isfinite(values.flatten(1)).all(1)).nonzero().flatten().tolist()
 
 

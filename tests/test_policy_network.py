@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from adadiff.policy import PAPER_OPTIONS, PolicyConfig, StepPolicy, init_policy
-from adadiff.policy.network import normalise_tokens
+from adadiff.policy.network import encoder_layer, normalise_tokens
 
 
 def test_default_policy_is_small_and_reads_paper_options():
@@ -87,3 +87,16 @@ def test_the_trainers_pre_normalised_path_is_the_hosts_forward(objective):
         mask[1, 15:] = False
         torch.testing.assert_close(policy.forward_normalised(normalise_tokens(tokens), mask), policy(tokens, mask),
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_the_written_out_encoder_layer_is_torchs(grad):
+    """Old policy files hold torch's TransformerEncoderLayer weights: the written-out layer must compute what it does,
+    padded rows included (compared on their real tokens; torch's fused path zeroes padded ones)."""
+    layer = init_policy(PolicyConfig(token_dim=32, width=32, heads=4, depth=1, dropout=0.0)).encoder.layers[0]
+    x, mask = torch.randn(3, 12, 32), torch.ones(3, 12, dtype=torch.bool)
+    mask[1, 7:] = False
+    with torch.set_grad_enabled(grad):
+        ours = encoder_layer(layer, x, mask[:, None, None, :])
+        torchs = layer(x, src_key_padding_mask=~mask)
+    torch.testing.assert_close(ours[mask], torchs[mask], atol=1e-5, rtol=1e-5)
