@@ -590,6 +590,20 @@ def test_an_unexpected_error_reading_the_prompts_is_reported_with_its_type_and_t
     assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records), "no traceback in the log"
 
 
+def test_an_unexpected_error_loading_the_policy_is_reported_with_its_type_and_traceback(host, caplog, monkeypatch):
+    """The same for the policy library failing in an unforeseen way (not a ``PolicyFileError``): left to the webui it
+    would only log it, and the image would carry AdaDiff's settings next to steps AdaDiff never chose."""
+    error = RuntimeError("unforeseen failure while reading the policy")
+
+    def failing_load(path):
+        raise error
+
+    monkeypatch.setattr(sys.modules[f"{PACKAGE_NAME}.policy.cache"], "load_policy", failing_load)
+    processed = host.generate(host.job(CAT, accordion=enabled()))
+    _assert_loud_fallback(host, processed, caplog, repr(error))
+    assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records), "no traceback in the log"
+
+
 def test_a_policy_problem_is_reported_by_its_message_without_a_traceback(host, caplog):
     """A problem the user can fix (here: an SDXL checkpoint under an SD1.5 policy) reads as a plain message."""
     processed = host.generate(host.job(CAT, accordion=enabled(), model=webui.StandInModel("sdxl")))
