@@ -47,6 +47,10 @@ def start_job(p, controls: tuple, load_policy_named: Callable[[str], StepPolicy]
     except PolicyFileError as error:
         report_problem(p, requested_steps, str(error))
         return None
+    except Exception as error:  # noqa: BLE001  the webui would only log it; keep the job running with a loud note
+        log.exception("AdaDiff: loading the policy failed")
+        report_problem(p, requested_steps, f"loading the policy {settings.policy} failed ({error!r})")
+        return None
     job = StepJob(settings, requested_steps, policy)
     setattr(p, JOB_ATTRIBUTE, job)
     return job

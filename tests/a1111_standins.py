@@ -8,10 +8,15 @@ the behaviour the extension depends on is reproduced:
   module named after the file, extension folder first on ``sys.path``, every ``Script`` subclass in the module's
   namespace registered); ``ScriptRunner`` slices ``p.script_args`` per script and *swallows* hook exceptions, as the
   real one does.
-* ``modules.processing``: ``process_images`` keeps the real hook order (``process`` once, then per batch the prompts
-  slice and ``process_batch(p, *args, batch_number, prompts, seeds, subseeds)``, sampling with ``p.steps``, one
-  infotext per image written from ``p.steps`` and ``p.extra_generation_params`` as ``create_infotext`` does),
-  ``Processed`` (constructor signature of v1.10.1), ``fix_seed``.
+* ``modules.processing``: ``process_images`` keeps the real order (``setup_prompts`` applying the job's styles to
+  every prompt; ``process`` once; then per batch the prompts slice, ``before_process_batch``, the ``<lora:...>``-style
+  tags removed (``parse_extra_network_prompts``), ``process_batch(p, *args, batch_number, prompts, seeds,
+  subseeds)``, ``setup_conds`` building the prompt-editing schedules for ``p.steps``, ``process_before_every_sampling``
+  and sampling with ``p.steps``; for txt2img with hires fix a second pass of ``hr_second_pass_steps or steps``, for
+  img2img ``setup_img2img_steps``' denoising steps; one infotext per image written from ``p.steps`` and
+  ``p.extra_generation_params`` as ``create_infotext`` does), ``StableDiffusionProcessingTxt2Img`` /
+  ``StableDiffusionProcessingImg2Img`` (the hires and img2img fields the order reads), ``Processed`` (constructor
+  signature of v1.10.1), ``fix_seed``; ``modules.styles``' ``merge_prompts`` and ``extra_networks``' tag pattern.
 * ``modules.infotext_utils``: ``quote``/``unquote`` and the key/value parsing of ``parse_generation_parameters``;
   ``paste_infotext`` is what the paste button does with it (``connect_paste``: parse, then the ``infotext_pasted``
   callbacks, then each paste field reads the parsed values).
@@ -165,7 +170,13 @@ class Script:
     def process(self, p, *args):
         pass
 
+    def before_process_batch(self, p, *args, **kwargs):
+        pass
+
     def process_batch(self, p, *args, **kwargs):
+        pass
+
+    def process_before_every_sampling(self, p, *args, **kwargs):
         pass
 
     def elem_id(self, item_id):
@@ -236,8 +247,14 @@ class ScriptRunner:
     def process(self, p):
         self._call("process", p)
 
+    def before_process_batch(self, p, **kwargs):
+        self._call("before_process_batch", p, **kwargs)
+
     def process_batch(self, p, **kwargs):
         self._call("process_batch", p, **kwargs)
+
+    def process_before_every_sampling(self, p, **kwargs):
+        self._call("process_before_every_sampling", p, **kwargs)
 
 
 def load_scripts(path: str) -> list[type]:
@@ -339,7 +356,10 @@ class SampledImage:
 
     prompt: str
     seed: int
-    steps: int
+    steps: int  # the first pass's sampling steps (img2img: the schedule's length)
+    conditioning_steps: int | None = None  # the steps setup_conds built the prompt-editing schedules for
+    hires_steps: int | None = None  # the hires fix pass's steps (txt2img with enable_hr)
+    denoising_steps: int | None = None  # img2img: the steps actually denoised (t_enc)
 
 
 @dataclass
@@ -354,6 +374,7 @@ class StableDiffusionProcessing:
     subseed_strength: float = 0
     steps: int = 50
     sampler_name: str = "Euler"
+    styles: list = None
     n_iter: int = 1
     batch_size: int = 1
     do_not_save_grid: bool = False
@@ -372,9 +393,55 @@ class StableDiffusionProcessing:
     def __post_init__(self):
         self.comments = {}
         self.extra_generation_params = self.extra_generation_params or {}
+        self.styles = self.styles or []
 
     def comment(self, text):
         self.comments[text] = 1
+
+
+@dataclass
+class StableDiffusionProcessingTxt2Img(StableDiffusionProcessing):
+    enable_hr: bool = False
+    hr_second_pass_steps: int = 0
+    hr_sampler_name: str = None
+
+
+@dataclass
+class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
+    init_images: list = None
+    denoising_strength: float = 0.75
+
+
+# --- modules.styles, modules.extra_networks ------------------------------------------------------------------------
+
+
+def merge_prompts(style_prompt: str, prompt: str) -> str:
+    if "{prompt}" in style_prompt:
+        res = style_prompt.replace("{prompt}", prompt)
+    else:
+        parts = filter(None, (prompt.strip(), style_prompt.strip()))
+        res = ", ".join(parts)
+    return res
+
+
+class StyleDatabase:
+    """``shared.prompt_styles``: style name -> its prompt text."""
+
+    def __init__(self):
+        self.styles: dict[str, str] = {}
+
+    def apply_styles_to_prompt(self, prompt, styles):
+        for style in styles:
+            prompt = merge_prompts(self.styles.get(style, ""), prompt)
+        return prompt
+
+
+re_extra_net = re.compile(r"<(\w+):([^>]+)>")
+
+
+def parse_prompts(prompts):
+    """``extra_networks.parse_prompts`` without the networks' data: every tag removed from every prompt."""
+    return [re.sub(re_extra_net, "", prompt) for prompt in prompts]
 
 
 class Processed:
@@ -406,15 +473,24 @@ def fix_seed(p):
     p.subseed = get_fixed_seed(p.subseed)
 
 
-def create_infotext(p, index):
-    generation_params = {"Steps": p.steps, "Seed": p.seeds[index], **p.extra_generation_params}
+def create_infotext(p, iteration, position_in_batch):
+    index = position_in_batch + iteration * p.batch_size  # the prompt as styled, tags kept, as the webui writes it
+    generation_params = {"Steps": p.steps, "Seed": p.all_seeds[index], **p.extra_generation_params}
     text = ", ".join(f"{k}: {quote(v)}" for k, v in generation_params.items() if v is not None)
-    return f"{p.prompts[index]}\n{text}"
+    return f"{p.all_prompts[index]}\n{text}"
+
+
+def setup_img2img_steps(p):
+    """``sd_samplers_common.setup_img2img_steps`` with the default ``img2img_fix_steps`` off and no steps given."""
+    steps = p.steps
+    t_enc = int(min(p.denoising_strength, 0.999) * steps)
+    return steps, t_enc
 
 
 def process_images(p) -> Processed:
     seed = get_fixed_seed(p.seed)
     prompts = p.prompt if isinstance(p.prompt, list) else p.batch_size * p.n_iter * [p.prompt]
+    prompts = [shared.prompt_styles.apply_styles_to_prompt(x, p.styles) for x in prompts]
     p.all_prompts = prompts
     p.all_negative_prompts = len(prompts) * [p.negative_prompt]
     p.all_seeds = [int(seed) + x for x in range(len(prompts))]
@@ -428,13 +504,27 @@ def process_images(p) -> Processed:
         p.prompts = p.all_prompts[n * p.batch_size:(n + 1) * p.batch_size]
         p.seeds = p.all_seeds[n * p.batch_size:(n + 1) * p.batch_size]
         p.subseeds = p.all_subseeds[n * p.batch_size:(n + 1) * p.batch_size]
+        if p.scripts is not None:
+            p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
         if len(p.prompts) == 0:
             break
+        p.prompts = parse_prompts(p.prompts)
         if p.scripts is not None:
             p.scripts.process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds, subseeds=p.subseeds)
+        conditioning_steps = p.steps  # setup_conds: prompt_parser's schedules for [a:b:when] are built for p.steps
+        if p.scripts is not None:
+            p.scripts.process_before_every_sampling(p, x=None, noise=None, c=None, uc=None)
+        denoising_steps = setup_img2img_steps(p)[1] if isinstance(p, StableDiffusionProcessingImg2Img) else None
+        sampled_steps = p.steps
+        hires_steps = None
+        if getattr(p, "enable_hr", False):
+            if p.scripts is not None:
+                p.scripts.process_before_every_sampling(p, x=None, noise=None, c=None, uc=None)
+            hires_steps = p.hr_second_pass_steps or p.steps
         for i, prompt in enumerate(p.prompts):
-            output_images.append(SampledImage(prompt, p.seeds[i], p.steps))
-            infotexts.append(create_infotext(p, i))
+            output_images.append(SampledImage(prompt, p.seeds[i], sampled_steps, conditioning_steps, hires_steps,
+                                              denoising_steps))
+            infotexts.append(create_infotext(p, n, i))
     return Processed(p, output_images, p.all_seeds[0], infotexts[0] if infotexts else "",
                      subseed=p.all_subseeds[0], infotexts=infotexts)
 
@@ -514,13 +604,15 @@ def _module(name: str, **names) -> types.ModuleType:
     return module
 
 
-shared = _module("modules.shared", state=state, opts=opts, sd_model=None)  # sd_model: the loaded checkpoint
+shared = _module("modules.shared", state=state, opts=opts, sd_model=None,  # sd_model: the loaded checkpoint
+                 prompt_styles=StyleDatabase())
 
 
 def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
     """Fresh stand-in modules by import name, ready for ``monkeypatch.setitem(sys.modules, ...)``."""
     state.job_count, state.interrupted = -1, False
     shared.sd_model = None
+    shared.prompt_styles = StyleDatabase()
     refresh_buttons.clear()
     infotext_pasted_callbacks.clear()
     _Layout.created.clear()
@@ -529,7 +621,9 @@ def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
     submodules = {
         "scripts": _module("modules.scripts", Script=Script, AlwaysVisible=AlwaysVisible, ScriptRunner=ScriptRunner),
         "processing": _module("modules.processing", process_images=process_images, Processed=Processed,
-                              fix_seed=fix_seed, StableDiffusionProcessing=StableDiffusionProcessing),
+                              fix_seed=fix_seed, StableDiffusionProcessing=StableDiffusionProcessing,
+                              StableDiffusionProcessingTxt2Img=StableDiffusionProcessingTxt2Img,
+                              StableDiffusionProcessingImg2Img=StableDiffusionProcessingImg2Img),
         "infotext_utils": _module("modules.infotext_utils", quote=quote, unquote=unquote,
                                   parse_generation_parameters=parse_generation_parameters),
         "shared": shared,

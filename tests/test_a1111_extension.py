@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import a1111_standins as webui
 from adadiff.a1111_script.settings import ERROR_KEY, INFOTEXT_KEY
-from adadiff.policy import PolicyConfig, choose_steps, init_policy, save_policy
+from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy, save_policy
 from policy_helpers import quality_policy_with_losses, write_crafted_policy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,14 +59,15 @@ def policy_bytes(tmp_path_factory) -> bytes:
 
 
 class Webui:
-    """One txt2img tab of a stand-in webui with the extension loaded, and a way to run jobs through it."""
+    """One txt2img (or img2img) tab of a stand-in webui with the extension loaded, and a way to run jobs through it."""
 
-    def __init__(self, models: Path):
+    def __init__(self, models: Path, is_img2img: bool = False):
         self.models = models
         self.policies = models / "adadiff"
+        self.is_img2img = is_img2img
         self.script_classes = webui.load_scripts(str(LOADER))
         self.runner = webui.ScriptRunner()
-        self.runner.initialize_scripts(self.script_classes, is_img2img=False)
+        self.runner.initialize_scripts(self.script_classes, is_img2img=is_img2img)
         self.runner.setup_ui()
         self.accordion = self.runner.script("AdaDiff")
         self.dropdown = self.runner.script("AdaDiff per-prompt steps")
@@ -78,8 +79,9 @@ class Webui:
             for offset, value in enumerate(values or []):
                 args[script.args_from + offset] = value
         fields = {"steps": USER_STEPS, **fields}
-        return webui.StableDiffusionProcessing(sd_model=model or webui.StandInModel(), prompt=prompt,
-                                               scripts=self.runner, script_args=args, **fields)
+        kind = webui.StableDiffusionProcessingImg2Img if self.is_img2img else webui.StableDiffusionProcessingTxt2Img
+        return kind(sd_model=model or webui.StandInModel(), prompt=prompt, scripts=self.runner, script_args=args,
+                    **fields)
 
     def generate(self, p) -> webui.Processed:
         """What txt2img does: the selected dropdown script's run(), else process_images."""
@@ -475,3 +477,143 @@ def test_sdxl_conditioning_with_an_sdxl_policy(host):
         [CAT, MARKET])).steps
     assert steps_of(processed) == [expected, expected]
     assert ERROR_KEY not in infotext_params(processed)[0]
+
+
+# --- where the choice sits in the webui's job ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompt, styles", [
+    (f"{MARKET}<lora:detail_tweaker:0.8>", {}),
+    ("a busy market at dusk", {"crowd": "{prompt}, many people"}),
+    ("<lora:a:1>a busy market at dusk", {"crowd": "{prompt}, many people<lora:b:0.5>"}),
+], ids=["lora-tag", "style", "style-with-lora-tag"])
+def test_the_policy_reads_the_prompt_with_styles_applied_and_lora_tags_removed(host, prompt, styles):
+    """What the webui conditions on is what the policy reads: styles merged in, ``<lora:...>`` tags gone."""
+    webui.shared.prompt_styles.styles.update(styles)
+    model = webui.StandInModel()
+    processed = host.generate(host.job(prompt, styles=list(styles), accordion=enabled(), model=model))
+    assert model.encoded == [[MARKET]]
+    assert steps_of(processed) == [12]
+
+
+def _policy_choice(host, prompt) -> int:
+    return choose_steps(load_policy(host.policies / "known.safetensors"),
+                        webui.StandInModel().get_learned_conditioning([prompt])).steps
+
+
+@pytest.mark.parametrize("prompt", [CAT, f"[{SIMPLE}:{CATHEDRAL}:0.5]", f"a [{CAT}|{MARKET}]"],
+                         ids=["plain", "prompt-editing", "alternation"])
+def test_the_conditioning_schedule_is_built_for_the_chosen_count(host, prompt):
+    """The count is set before the webui builds the conditioning, so prompt editing switches at the chosen count's
+    steps; the prompt is read as written (the webui's text encoder reads the brackets as text)."""
+    model = webui.StandInModel()
+    (image,) = host.generate(host.job(prompt, accordion=enabled(), model=model)).images
+    assert model.encoded == [[prompt]]
+    assert image.steps == image.conditioning_steps == _policy_choice(host, prompt) != USER_STEPS
+
+
+@pytest.mark.parametrize("hires_steps, expected", [(0, 16), (7, 7)], ids=["follows-the-choice", "set-by-the-user"])
+def test_hires_fix_follows_the_choice_unless_hires_steps_are_set(host, hires_steps, expected):
+    """Hires steps 0 means "as many as the first pass", which is then the chosen count; a number the user set stays."""
+    (image,) = host.generate(host.job(CATHEDRAL, accordion=enabled(), enable_hr=True,
+                                      hr_second_pass_steps=hires_steps)).images
+    assert (image.steps, image.conditioning_steps, image.hires_steps) == (16, 16, expected)
+
+
+def test_a_unipc_hires_pass_gets_at_least_its_order(host, capsys):
+    """A UniPC hires sampler behind another first-pass sampler also needs its order's steps (hires steps 0)."""
+    processed = host.generate(host.job(SIMPLE, accordion=enabled(max_steps=2), sampler_name="Euler",
+                                       enable_hr=True, hr_sampler_name="UniPC"))
+    (image,) = processed.images
+    assert (image.steps, image.hires_steps) == (3, 3)
+    assert "UniPC (Settings: UniPC order 3) needs at least 3: ran 3 steps" in capsys.readouterr().out
+
+
+def test_img2img_denoises_the_chosen_count_times_the_strength(models, policy_bytes):
+    """On the img2img tab, both scripts set the count the denoising strength is then applied to."""
+    (models / "adadiff").mkdir(parents=True)
+    (models / "adadiff" / "known.safetensors").write_bytes(policy_bytes)
+    img2img = Webui(models, is_img2img=True)
+    assert img2img.runner.alwayson_scripts == [img2img.accordion], "the accordion is on the img2img tab too"
+    processed = img2img.generate(img2img.job(CATHEDRAL, accordion=enabled(), init_images=["image"],
+                                             denoising_strength=0.5))
+    (image,) = processed.images
+    assert (image.steps, image.conditioning_steps, image.denoising_steps) == (16, 16, 8)
+    assert infotext_params(processed)[0]["Steps"] == "16"
+    processed = img2img.generate(img2img.job(CAT, dropdown=["known.safetensors", 0.0, 1, 150, ""],
+                                             init_images=["image"], denoising_strength=0.5))
+    assert [(image.steps, image.denoising_steps) for image in processed.images] == [(8, 4)]
+
+
+# --- failures in the middle of a job, and what is caught ---------------------------------------------------------
+
+
+class FailingOn(webui.StandInModel):
+    """A text encoder that raises ``error`` (or gives NaN states) for one prompt and works for the others."""
+
+    def __init__(self, prompt: str, error: BaseException | None = None):
+        super().__init__()
+        self.prompt, self.error = prompt, error
+
+    def get_learned_conditioning(self, prompts):
+        states = super().get_learned_conditioning(prompts)
+        if self.prompt in prompts:
+            if self.error is not None:
+                raise self.error
+            states[prompts.index(self.prompt), 3, 5] = float("nan")  # e.g. an fp16 overflow on this prompt only
+        return states
+
+
+def test_a_failure_in_a_later_batch_runs_that_batch_at_the_users_steps_and_only_it_carries_the_error(host, caplog):
+    """Batch 1 changed ``p.steps``; batch 2 fails and must not inherit batch 1's count; batch 3 chooses again."""
+    model = FailingOn(MARKET)
+    processed = host.generate(host.job([CATHEDRAL, MARKET, CAT], accordion=enabled(), model=model, n_iter=3))
+    assert steps_of(processed) == [16, USER_STEPS, 8]
+    params = infotext_params(processed)
+    assert [ERROR_KEY in x for x in params] == [False, True, False]
+    assert "holds NaN or Inf values" in params[1][ERROR_KEY]
+    assert all(x[INFOTEXT_KEY] == "known.safetensors, knob 0, min 1, max 150, requested 20" for x in params)
+    comments = processed.comments.splitlines()
+    assert len(comments) == 3 and "chose 16 steps" in comments[0] and "chose 8 steps" in comments[2]
+    assert "holds NaN or Inf values" in comments[1] and f"ran the requested {USER_STEPS} steps" in comments[1]
+    assert host.runner.errors == []
+
+
+@pytest.mark.parametrize("error", [RuntimeError("CUDA out of memory"), KeyError("cond_stage_model"),
+                                   AttributeError("'NoneType' object has no attribute 'encode'")],
+                         ids=["runtime", "key", "attribute"])
+def test_an_unexpected_error_reading_the_prompts_is_reported_with_its_type_and_traceback(host, caplog, error):
+    """Not a policy problem but a bug or a crash: the job still runs the user's steps, and the report names the
+    exception's type and logs its traceback, so it can be told from a policy problem and traced."""
+    processed = host.generate(host.job(CAT, accordion=enabled(), model=FailingOn(CAT, error)))
+    _assert_loud_fallback(host, processed, caplog, repr(error))
+    assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records), "no traceback in the log"
+
+
+def test_an_unexpected_error_loading_the_policy_is_reported_with_its_type_and_traceback(host, caplog, monkeypatch):
+    """The same for the policy library failing in an unforeseen way (not a ``PolicyFileError``): left to the webui it
+    would only log it, and the image would carry AdaDiff's settings next to steps AdaDiff never chose."""
+    error = RuntimeError("unforeseen failure while reading the policy")
+
+    def failing_load(path):
+        raise error
+
+    monkeypatch.setattr(sys.modules[f"{PACKAGE_NAME}.policy.cache"], "load_policy", failing_load)
+    processed = host.generate(host.job(CAT, accordion=enabled()))
+    _assert_loud_fallback(host, processed, caplog, repr(error))
+    assert any(r.exc_info and r.exc_info[1] is error for r in caplog.records), "no traceback in the log"
+
+
+def test_a_policy_problem_is_reported_by_its_message_without_a_traceback(host, caplog):
+    """A problem the user can fix (here: an SDXL checkpoint under an SD1.5 policy) reads as a plain message."""
+    processed = host.generate(host.job(CAT, accordion=enabled(), model=webui.StandInModel("sdxl")))
+    _assert_loud_fallback(host, processed, caplog, "expects 768-wide conditioning, got 2048")
+    assert not any(r.exc_info for r in caplog.records)
+    assert "FeatureMismatchError" not in processed.comments
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), SystemExit(1)], ids=["keyboard-interrupt", "system-exit"])
+def test_an_interrupt_is_not_caught(host, error):
+    """Only errors are turned into a fallback; stopping the process is not AdaDiff's to swallow."""
+    with pytest.raises(type(error)):
+        host.generate(host.job(CAT, accordion=enabled(), model=FailingOn(CAT, error)))

@@ -292,6 +292,29 @@ def test_selector_sigmas_drive_sampler_custom_advanced(comfy):
     assert _text(run, "16") == _text(run, "17"), "selector sigmas differ from ComfyUI's own karras schedule"
 
 
+@pytest.mark.parametrize("patch, scheduler", [
+    ({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "eps", "zsnr": True}}, "karras"),
+    ({"class_type": "ModelSamplingDiscrete", "inputs": {"sampling": "lcm", "zsnr": False}}, "normal"),
+    ({"class_type": "ModelSamplingSD3", "inputs": {"shift": 3.0}}, "simple"),
+], ids=["zsnr", "lcm", "flow-shift"])
+def test_selector_sigmas_follow_a_patched_model_schedule(comfy, patch, scheduler):
+    """The sigmas are the connected model's: a model-sampling patch before the selector changes them exactly as it
+    changes ComfyUI's own BasicScheduler (the tiny checkpoint's default schedule alone would not tell)."""
+    graph = _prompt_nodes("patched schedule")
+    graph["50"] = {"class_type": patch["class_type"], "inputs": {"model": ["1", 0], **patch["inputs"]}}
+    graph["5"] = _selector("three.safetensors", model=("50", 0), scheduler=scheduler)
+    for node, model in (("15", "50"), ("18", "1")):
+        graph[node] = {"class_type": "BasicScheduler", "inputs": {"model": [model, 0], "scheduler": scheduler,
+                                                                  "steps": 3, "denoise": 1.0}}
+    graph["16"] = _preview_text(("5", 1))
+    graph["17"] = _preview_text(("15", 0))
+    graph["19"] = _preview_text(("18", 0))
+    run = comfy.run(graph)
+    assert run.status == "success", run.error
+    assert _text(run, "17") != _text(run, "19"), "the patch does not change the schedule, so it proves nothing"
+    assert _text(run, "16") == _text(run, "17"), "selector sigmas are not the patched model's schedule"
+
+
 def test_example_workflows_run_as_shipped(comfy):
     """ComfyUI offers the UI-format examples as the pack's templates; they convert to valid API graphs and sample
     the policy's choice (model names swapped for the test's)."""

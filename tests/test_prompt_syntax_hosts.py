@@ -3,7 +3,8 @@ tiny SD1.5 checkpoint the ComfyUI tests build (full-size CLIP-L, random weights,
 
 * ComfyUI: the real ComfyUI 0.3.75 of the ComfyUI tests (tests/comfy_harness.py) loads the checkpoint with its own
   ``load_checkpoint_guess_config`` and encodes each prompt with its ``CLIPTextEncode`` node (tests/comfy_encode.py,
-  in a subprocess); the trainer's states must match per element within 1e-5.
+  in a subprocess); the trainer's states must match per element within 1e-5, and the policy features the trainer's
+  reward table is made of must equal those the Step Selector reads from that CONDITIONING.
 * AUTOMATIC1111: no webui runs in CI, so tests/fixtures/a1111_v1.10.1_sd15_prompts.safetensors holds numbers made
   locally with AUTOMATIC1111 v1.10.1's own code (commit 82a973c0): its ``modules/sd_hijack_clip.py``
   (``FrozenCLIPEmbedderWithCustomWords``), ``prompt_parser.py``, ``sd_emphasis.py`` and
@@ -36,11 +37,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from adadiff.policy import save_policy
+from adadiff.policy import PolicyConfig, choose_steps, init_policy, policy_features, save_policy
 from adadiff.trainer.config import FitSettings, GenerateSettings
 from adadiff.trainer.evaluate import policy_choices
 from adadiff.trainer.fit import fit_policy, policy_info
-from adadiff.trainer.generate import generate_table
+from adadiff.trainer.generate import PipelineSource, generate_table
 from adadiff.trainer.models import host_conditioning
 from adadiff.trainer.table import RewardTable, load_table
 
@@ -98,8 +99,14 @@ def comfyui_encodings(comfy_dir: Path, checkpoint: Path, prompts, folder: Path) 
     return load_file(str(out))
 
 
-def test_comfyui_syntax_equals_real_comfyui_clip_text_encode(pipe, checkpoint, comfy_dir, tmp_path):
-    reference = comfyui_encodings(comfy_dir, checkpoint, PROMPTS, tmp_path)
+@pytest.fixture(scope="module")
+def comfyui_reference(comfy_dir, checkpoint, tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Real ComfyUI's CLIPTextEncode of every prompt in PROMPTS, on the checkpoint."""
+    return comfyui_encodings(comfy_dir, checkpoint, PROMPTS, tmp_path_factory.mktemp("comfyui-encode"))
+
+
+def test_comfyui_syntax_equals_real_comfyui_clip_text_encode(pipe, comfyui_reference):
+    reference = comfyui_reference
     ours = host_conditioning(pipe, PROMPTS, "comfyui")
     chunks = []
     for index, (prompt, (states, pooled)) in enumerate(zip(PROMPTS, ours)):
@@ -111,6 +118,23 @@ def test_comfyui_syntax_equals_real_comfyui_clip_text_encode(pipe, checkpoint, c
     assert chunks == [1, 1, 1, 1, 1, 2, 2, 3]  # the long prompts really span several chunks
     plain = host_conditioning(pipe, PROMPTS, "plain")  # what the trainer read before: far from the host
     assert (plain[1][0] - reference["cond.1"]).abs().max() > 0.1
+
+
+def test_the_trainers_table_features_equal_what_the_comfyui_selector_reads(pipe, comfyui_reference):
+    """The same input through both: the features the trainer's reward table is made of (``generate``'s feature
+    source, ``--prompt-syntax comfyui``) equal the policy features of real ComfyUI's CONDITIONING for the same prompts
+    on the same checkpoint (all prompts as one conditioning list, as Conditioning Combine hands them to the Step
+    Selector): tokens within 1e-5, masks equal, and a policy reads the same probabilities from both."""
+    comfyui = policy_features([[comfyui_reference[f"cond.{i}"], {"pooled_output": comfyui_reference[f"pooled.{i}"]}]
+                               for i in range(len(PROMPTS))])
+    trainer = PipelineSource(pipe, GenerateSettings(prompt_syntax="comfyui")).features(PROMPTS)
+    assert trainer.mask.sum(1).tolist() == [77 * chunks for chunks in (1, 1, 1, 1, 1, 2, 2, 3)]
+    assert torch.equal(trainer.mask, comfyui.mask)
+    torch.testing.assert_close(trainer.tokens, comfyui.tokens, atol=1e-5, rtol=0)
+    assert trainer.pooled is None  # SD1.x: no pooled vector in the table; the policy reads none from ComfyUI either
+    policy = init_policy(PolicyConfig(options=OPTIONS, token_dim=trainer.token_dim), seed=0)
+    torch.testing.assert_close(choose_steps(policy, trainer).probs, choose_steps(policy, comfyui).probs, atol=1e-5,
+                               rtol=0)
 
 
 @pytest.fixture(scope="module")
