@@ -151,6 +151,16 @@ def test_fit_and_evaluate_check_out_before_reading_anything(tmp_path, capsys, co
     assert code == 2 and "--out" in err and "no reward table" not in err and "no such policy" not in err, err
 
 
+@pytest.mark.parametrize("data, words", [(b"\x80\x04K\x01.", "pickle"), (b"not a policy at all", "not a safetensors")],
+                         ids=["pickle", "text"])
+def test_a_bad_policy_file_given_to_evaluate_exits_2_naming_it(tmp_path, capsys, data, words):
+    policy = _file("p.safetensors", data)(tmp_path)
+    code = cli.main(["evaluate", "--policy", str(policy), "--table", str(tmp_path / "no-table-needed-yet"),
+                     "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(policy) in err and words in err and "Traceback" not in err, err
+
+
 # --- reward tables -----------------------------------------------------------------------------------------------
 
 PROMPTS = ["a red cube", "a blue ball", "a green cone", "a grey wall", "a tiny dot"]
