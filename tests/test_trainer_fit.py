@@ -207,3 +207,19 @@ def test_each_baseline_shifts_the_sampled_gradient_as_reinforce_defines_it(basel
     torch.testing.assert_close(logits.grad, expected_grad)
     assert loss.item() == pytest.approx(-((chosen - base) * probs.log().gather(1, actions)).mean().item(), abs=1e-6)
     assert len({tuple(row) for row in chosen.tolist()}) == 2 and chosen.mean() != 0  # the baselines differ here
+
+
+def test_under_the_exact_estimator_no_baseline_changes_the_gradient():
+    """The exact gradient weighs every option by its probability, so a baseline (a constant per prompt, never
+    differentiated) changes the loss's value only: all three give the same update."""
+    iqs = torch.tensor([[[0.5, 1.0, 0.9]], [[1.0, 0.5, 0.7]]])
+    features = PolicyFeatures(torch.zeros(2, 1, 8), torch.ones(2, 1, dtype=torch.bool))
+    table = RewardTable(("p0", "p1"), (10, 20, 30), (0,), features, iqs, {}, torch.zeros_like(iqs), {})
+    gradients = []
+    for baseline in ("expected", "batch", "none"):
+        settings = FitSettings(objective="reinforce", baseline=baseline, top_k=2)
+        logits = torch.tensor([[0.0, 1.0, -0.5], [0.5, -0.5, 0.0]], requires_grad=True)
+        _Reinforce(table, settings).loss(logits, torch.arange(2), settings, None)[0].backward()
+        gradients.append(logits.grad)
+    torch.testing.assert_close(gradients[1], gradients[0])
+    torch.testing.assert_close(gradients[2], gradients[0])
