@@ -187,4 +187,5 @@ def test_a_piece_cut_mid_write_is_never_visible_and_the_rerun_cleans_up_and_matc
                    show_progress=False)
     assert not any(units.glob("*.partial-*"))
     resumed = load_table(tmp_path / "t")
-    assert torch.equal(resumed.iqs, whole_table.iqs) and torch.equal(resumed.features.tokens, whole_table.features.tokens)
+    assert torch.equal(resumed.iqs, whole_table.iqs)
+    assert torch.equal(resumed.features.tokens, whole_table.features.tokens)
