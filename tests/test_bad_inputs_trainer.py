@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +70,9 @@ CLI_CASES = {
     "prompts-folder": ({"prompts": lambda d: (d / "folder.txt").mkdir() or d / "folder.txt"}, "is a folder"),
     "prompts-300-char-name": ({"prompts": lambda d: d / ("p" * 300 + ".txt")}, "File name too long"),
     "prompts-1-GB": ({"prompts": _sparse("p.txt", 2**30)}, "larger than the 256.0 MB"),
+    # a regular file whose read fails, for root too: process memory at address 0 (EIO)
+    "prompts-read-fails": ({"prompts": lambda d: (d / "p.txt").symlink_to("/proc/self/mem") or d / "p.txt"},
+                           "p.txt: cannot be read (Input/output error)"),
     "csv-unclosed-quote": ({"prompts": _file("p.csv", 'prompt\n"a red cube\na blue ball\na green cone\n')},
                            "line 4 is not valid CSV"),
     "csv-quote-closed-lines-later": ({"prompts": _file("p.csv", 'prompt\n"a red cube\na blue ball"\ngreen\n')},
@@ -129,10 +133,20 @@ def test_device_this_machine_lacks_is_refused(tmp_path, capsys):
     assert code == 2 and "this machine has no mps device" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
-def test_an_unwritable_out_is_refused_before_the_model_loads(tmp_path, capsys):
+def test_an_unwritable_out_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
+    """Runs as root too (CI does): root may write anywhere, so there the permission check's answer for another user
+    is stood in for."""
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
+    real_access = os.access
+
+    def access_as_another_user(path, mode, **kwargs):
+        if Path(path) == locked and mode & os.W_OK:
+            return False
+        return real_access(path, mode, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "access", access_as_another_user)
     code = cli.main(["generate", "--model", str(tmp_path / "m"), "--prompts", str(GOOD_PROMPTS(tmp_path)),
                      "--out", str(locked / "table")])
     assert code == 2 and "is not writable for this user" in capsys.readouterr().err
@@ -149,6 +163,16 @@ def test_fit_and_evaluate_check_out_before_reading_anything(tmp_path, capsys, co
     code = cli.main(command(tmp_path))
     err = capsys.readouterr().err
     assert code == 2 and "--out" in err and "no reward table" not in err and "no such policy" not in err, err
+
+
+@pytest.mark.parametrize("data, words", [(b"\x80\x04K\x01.", "pickle"), (b"not a policy at all", "not a safetensors")],
+                         ids=["pickle", "text"])
+def test_a_bad_policy_file_given_to_evaluate_exits_2_naming_it(tmp_path, capsys, data, words):
+    policy = _file("p.safetensors", data)(tmp_path)
+    code = cli.main(["evaluate", "--policy", str(policy), "--table", str(tmp_path / "no-table-needed-yet"),
+                     "--out", str(tmp_path / "eval")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(policy) in err and words in err and "Traceback" not in err, err
 
 
 # --- reward tables -----------------------------------------------------------------------------------------------

@@ -7,14 +7,27 @@ import torch
 
 from adadiff.trainer.embedded import MODEL_DIR, held_out_prompts, load_embedded_pipeline
 from adadiff.trainer.embedded.sampling import render_steps
+from adadiff.trainer.models import encode_prompts, load_pipeline, model_info
 
-pytestmark = pytest.mark.skipif(not (MODEL_DIR / "model_index.json").exists(), reason="model not exported")
+# The model ships in the repository and the package (pyproject's package-data): these tests never skip.
 
 
 @pytest.fixture(scope="module")
 def pipe():
     os.environ["HF_HUB_OFFLINE"] = "1"
     return load_embedded_pipeline()
+
+
+def test_the_name_embedded_resolves_to_the_shipped_model_and_loads(pipe):
+    """`--model embedded` loads the packaged model (the same weights), recorded as the embedded family."""
+    loaded = load_pipeline("embedded")
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    assert all(torch.equal(value, pipe.unet.state_dict()[name]) for name, value in loaded.unet.state_dict().items())
+    info = model_info("embedded", loaded)
+    assert info["model_family"] == "embedded" and info["name"] == "embedded"
+    assert info["fingerprint"].startswith("sha256:") and info["token_dim"] == loaded.text_encoder.config.hidden_size
+    embeds, _ = encode_prompts(loaded, list(held_out_prompts()[:2]))
+    assert embeds.shape[0] == 2 and embeds.shape[-1] == info["token_dim"] and torch.isfinite(embeds).all()
 
 
 def test_folder_is_small_enough_for_git():

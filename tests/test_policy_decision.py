@@ -23,7 +23,7 @@ class FixedLogits(StepPolicy):
         self.fixed = logits
 
     def forward(self, tokens, mask, pooled=None):
-        return self.fixed.expand(tokens.shape[0], -1)
+        return self.fixed.expand(tokens.shape[0], -1) if self.fixed.dim() == 1 else self.fixed
 
 
 def test_argmax_picks_the_preferred_option():
@@ -34,19 +34,25 @@ def test_argmax_picks_the_preferred_option():
     assert "20 steps" in choice.summary()
 
 
-def test_batch_gets_the_most_demanding_prompt():
-    logits = torch.tensor([[5.0, 0, 0], [0, 0, 5.0]])
-    policy = FixedLogits(torch.zeros(3), (10, 20, 30))
-    policy.forward = lambda tokens, mask, pooled=None: logits
-    choice = choose_steps(policy, torch.randn(2, 77, 768))
-    assert choice.per_prompt == (10, 30)
-    assert choice.steps == 30
+@pytest.mark.parametrize("preferred", [(0, 2), (2, 0, 1), (1, 2, 0)])
+def test_batch_gets_the_most_demanding_prompt_wherever_it_sits(preferred):
+    """A sampler runs one schedule per batch: the batch takes the largest count, not the last or first row's."""
+    logits = torch.eye(3)[list(preferred)] * 5
+    expected = tuple((10, 20, 30)[i] for i in preferred)
+    choice = choose_steps(FixedLogits(logits, (10, 20, 30)), torch.randn(len(preferred), 77, 768))
+    assert choice.per_prompt == expected and choice.steps == 30
+    losses = torch.tensor([[0.0, 0.0, 0.0], [5.0, 0.0, 0.0], [5.0, 5.0, 0.0]])[list(preferred)]  # quality policies too
+    quality = choose_steps(FixedLosses(losses, (10, 20, 30)), torch.randn(len(preferred), 77, 768))
+    assert quality.per_prompt == expected and quality.steps == 30
 
 
 def test_limits_clamp_each_prompt():
     policy = policy_preferring(0)  # 5 steps
     assert choose_steps(policy, random_conditioning(), min_steps=12).steps == 12
     assert choose_steps(policy_preferring(9), random_conditioning(), max_steps=30).steps == 30
+    rows = FixedLogits(torch.eye(5)[[0, 4, 2]] * 5, (10, 20, 30, 40, 50))  # 10, 50 and 30 steps
+    choice = choose_steps(rows, torch.randn(3, 77, 768), min_steps=15, max_steps=40)
+    assert choice.per_prompt == (15, 40, 30) and choice.steps == 40
     with pytest.raises(ValueError, match="min_steps \\(40\\) is larger than max_steps \\(20\\)"):
         choose_steps(policy, random_conditioning(), min_steps=40, max_steps=20)
 

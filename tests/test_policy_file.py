@@ -146,6 +146,25 @@ def test_nan_weights(saved):
     _assert_error(path, "NaN or Inf", "head.2.bias")
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 0.05), (torch.bfloat16, 0.3), (torch.float64, 1e-5)])
+def test_half_and_double_weights_load_into_the_fp32_network(saved, dtype, tolerance):
+    """Policy weights are floating point: a half or double copy of a policy loads, as fp32, and decides alike."""
+    policy, path = saved
+    _rewrite(path, tensors=lambda t: {k: v.to(dtype) for k, v in t.items()})
+    loaded = load_policy(path)
+    assert all(value.dtype == torch.float32 for value in loaded.state_dict().values())
+    conditioning = random_conditioning(16)
+    torch.testing.assert_close(option_logits(loaded, conditioning), option_logits(policy, conditioning),
+                               atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, stored", [(torch.int32, "I32"), (torch.uint8, "U8"), (torch.int8, "I8")])
+def test_integer_weights_are_refused_naming_the_tensor_and_the_dtypes_a_policy_takes(saved, dtype, stored):
+    _, path = saved
+    _rewrite(path, tensors=lambda t: {**t, "head.0.weight": t["head.0.weight"].to(dtype)})
+    _assert_error(path, f"tensor head.0.weight is stored as {stored}", "floating point (F32, F16, BF16, F64)")
+
+
 def test_corrupt_json_metadata(saved):
     _, path = saved
     _rewrite(path, metadata_changes={"info": "{not json"})

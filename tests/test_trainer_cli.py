@@ -147,6 +147,22 @@ def test_evaluate_reads_held_out_prompts_with_the_policys_prompt_syntax(assets, 
     assert TableFolder(tmp_path / "eval" / "table").read_description()["sampling"]["prompt_syntax"] == "a1111"
 
 
+def test_evaluate_refuses_to_overwrite_an_evaluation_unless_forced(uninterrupted, tmp_path, capsys):
+    assert cli.main(["fit", "--table", str(uninterrupted), "--out", str(tmp_path / "p.safetensors"),
+                     "--max-updates", "1"]) == 0
+    argv = ["evaluate", "--policy", str(tmp_path / "p.safetensors"), "--table", str(uninterrupted), "--out",
+            str(tmp_path / "eval")]
+    assert cli.main(argv) == 0
+    report = tmp_path / "eval" / "report.json"
+    report.write_text("an earlier evaluation")
+    capsys.readouterr()
+    assert cli.main(argv) == 2
+    assert "exists and would be overwritten; pass --force" in capsys.readouterr().err
+    assert report.read_text() == "an earlier evaluation"
+    assert cli.main([*argv, "--force"]) == 0
+    assert json.loads(report.read_text())["n_prompts"] == 6
+
+
 @pytest.fixture
 def generate_argv(assets, tmp_path):
     def argv(*extra, prompts=None, model=None):

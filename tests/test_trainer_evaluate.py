@@ -1,5 +1,6 @@
 """Evaluation: every baseline's number checked by hand on a small table; the report files a user reads."""
 import json
+import math
 
 import pytest
 import torch
@@ -68,6 +69,61 @@ def test_the_oracle_and_the_fixed_recommendation_follow_the_tolerance():
     # at 40%, prompt 2 (0.3, 0.6, 0.9) needs only 20 steps (33% less), prompt 1 (0.5, 0.9, 0.9) still 20 (44% at 10)
     lenient = evaluate_choices(table, torch.tensor([0, 1, 2, 0]), tolerance_pct=40.0)
     assert lenient["oracle"]["mean_steps"] == pytest.approx((10 + 20 + 20 + 10) / 4)
+
+
+def one_seed_table(quality, options=OPTIONS) -> RewardTable:
+    iqs = torch.tensor(quality, dtype=torch.float32)[:, None, :]
+    features = PolicyFeatures(torch.randn(len(iqs), 3, 8).half(), torch.ones(len(iqs), 3, dtype=torch.bool))
+    return RewardTable(tuple(f"p{i}" for i in range(len(iqs))), options, (0,), features, iqs, {}, torch.ones_like(iqs),
+                       {})
+
+
+# Two easy prompts (10 steps are as good as any) and two hard ones (only 30 steps reach 0.9); the policy gives each
+# its right count, so it beats the fixed 20 steps at its mean by 0, 0.3, 0, 0.3 and the random policy with its step
+# distribution (half 10, half 30 steps) by 0, 0.3, 0, 0.2: differences that vary from prompt to prompt.
+EASY_AND_HARD = [[0.9, 0.9, 0.9], [0.3, 0.6, 0.9], [0.8, 0.8, 0.8], [0.5, 0.6, 0.9]]
+RIGHT_COUNTS = [0, 2, 0, 2]
+
+
+def paired_se(differences) -> float:
+    mean = sum(differences) / len(differences)
+    variance = sum((d - mean) ** 2 for d in differences) / (len(differences) - 1)
+    return math.sqrt(variance / len(differences))
+
+
+@pytest.mark.parametrize("copies, pays_off", [(1, False), (2, True)])
+def test_differences_carry_paired_standard_errors_and_the_verdict_needs_2_se(copies, pays_off):
+    """Four prompts: the policy is ahead of both controls by 1.7 paired SE, not enough; the same prompts twice: by
+    2.6, enough. The SE is of the per-prompt differences (paired), not of the two sides' IQS (unpaired: 0.079 and
+    0.069 here instead of 0.087 and 0.075)."""
+    report = evaluate_choices(one_seed_table(EASY_AND_HARD * copies), torch.tensor(RIGHT_COUNTS * copies))
+    matched, random = report["fixed_matched"], report["random_same_distribution"]
+    assert matched["options"] == [20] and random["mean_steps"] == pytest.approx(20)
+    assert matched["policy_minus"] == pytest.approx(0.15) and random["policy_minus"] == pytest.approx(0.125)
+    assert matched["policy_minus_se"] == pytest.approx(paired_se([0, 0.3, 0, 0.3] * copies))
+    assert random["policy_minus_se"] == pytest.approx(paired_se([0, 0.3, 0, 0.2] * copies))
+    assert matched["policy_minus_se"] == pytest.approx({1: math.sqrt(0.0075), 2: math.sqrt(0.18 / 7 / 8)}[copies])
+    margins = [entry["policy_minus"] / entry["policy_minus_se"] for entry in (matched, random)]
+    assert all((margin > 2) == pays_off for margin in margins)  # one side of the 2 SE line or the other
+    assert report["checks"]["beats_fixed_matched_by_2se"] == pays_off
+    assert report["checks"]["beats_random_same_distribution_by_2se"] == pays_off
+    assert report["verdict"]["per_prompt_pays_off"] == pays_off
+    assert ("per-prompt steps pay off: the policy saves 33% of the steps" in report["verdict"]["summary"]) == pays_off
+    assert report["verdict"]["recommended_fixed_steps"] == 30  # fixed means 0.625, 0.725, 0.875
+
+
+def test_the_oracle_takes_the_fewest_steps_within_the_tolerance_of_the_largest_option_seed_averaged():
+    # p0: seed 0 loses 50% at 10 steps, seed 1 12.5%; seed-averaged IQS 0.5625 against 0.75 is exactly 25% less
+    # p1: 25% less at 20 steps (exactly the tolerance), 50% at 10
+    # p2: 20 steps is the best option, but the oracle compares with the largest: 10 steps lose 20% against it
+    iqs = torch.tensor([[[0.25, 0.5, 0.5], [0.875, 1.0, 1.0]],
+                        [[0.5, 0.75, 1.0], [0.5, 0.75, 1.0]],
+                        [[0.6, 1.0, 0.75], [0.6, 1.0, 0.75]]])
+    features = PolicyFeatures(torch.randn(3, 3, 8).half(), torch.ones(3, 3, dtype=torch.bool))
+    table = RewardTable(("p0", "p1", "p2"), (10, 20, 40), (0, 1), features, iqs, {}, torch.ones_like(iqs), {})
+    report = evaluate_choices(table, torch.tensor([2, 2, 2]), tolerance_pct=25.0)
+    assert [row["oracle_steps"] for row in report["per_prompt"]] == [10, 20, 10]
+    assert report["oracle"]["mean_steps"] == pytest.approx(40 / 3)
 
 
 def two_seed_table(quality) -> RewardTable:

@@ -5,8 +5,8 @@ import torch
 
 from adadiff.policy import PolicyFeatures, choose_steps
 from adadiff.trainer.config import FitSettings, TrainerInputError
-from adadiff.trainer.fit import (fit_policy, in_top_k, normalised_quality, option_rewards, quality_loss_pct,
-                                 split_indices, step_saving)
+from adadiff.trainer.fit import (_Reinforce, fit_policy, in_top_k, normalised_quality, option_rewards,
+                                 quality_loss_pct, split_indices, step_saving)
 from adadiff.trainer.table import RewardTable
 
 OPTIONS = (10, 20, 30, 40)
@@ -138,3 +138,88 @@ def test_early_stopping_keeps_the_best_epoch_and_fills_the_summary(objective):
     assert result.policy.info["model_family"] == "test" and result.policy.info["summary"] is summary
     assert {"objective", "prompts_train", "prompts_val", "fit_seconds", "lr", "weight_decay", "seed"} <= set(summary)
     assert not result.policy.training
+
+
+def _entropy(policy, table) -> float:
+    with torch.no_grad():
+        log_probs = torch.log_softmax(policy(table.features.tokens.float(), table.features.mask), -1)
+    return -(log_probs.exp() * log_probs).sum(-1).mean().item()
+
+
+def test_the_entropy_bonus_keeps_the_reinforce_policy_undecided():
+    """A large bonus leaves the fitted distribution flatter than none does (the bonus is used at all; its sign is
+    held by the loss-level test below, since the best validation pass may come before a wrong sign shows)."""
+    table = two_kinds_table(n=32)
+    fitted = {weight: fit_policy(table, FitSettings(objective="reinforce", entropy=weight, max_updates=20, patience=20,
+                                                    lr=1e-2, **SMALL), show_progress=False).policy
+              for weight in (0.0, 3.0)}
+    assert _entropy(fitted[3.0], table) > _entropy(fitted[0.0], table) + 0.1
+
+
+def test_the_entropy_bonus_is_subtracted_from_the_loss_so_descent_flattens_the_distribution():
+    """The bonus adds -weight * mean entropy to the loss, so its share of the gradient is weight * p (log p + H) / B
+    (dH/dz = -p (log p + H)): a descent step along it raises the entropy."""
+    iqs = torch.tensor([[[0.2, 0.6, 1.0]], [[1.0, 0.9, 0.8]]])
+    features = PolicyFeatures(torch.zeros(2, 1, 8), torch.ones(2, 1, dtype=torch.bool))
+    table = RewardTable(("p0", "p1"), (10, 20, 30), (0,), features, iqs, {}, torch.zeros_like(iqs), {})
+
+    def loss_and_gradient(weight):
+        settings = FitSettings(objective="reinforce", entropy=weight)
+        logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]], requires_grad=True)
+        loss, _ = _Reinforce(table, settings).loss(logits, torch.arange(2), settings, None)
+        loss.backward()
+        return loss.item(), logits.grad
+
+    (with_bonus, gradient), (without, plain) = loss_and_gradient(0.5), loss_and_gradient(0.0)
+    probs = torch.softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]]), -1)
+    entropy = -(probs * probs.log()).sum(-1, keepdim=True)
+    assert with_bonus - without == pytest.approx(-0.5 * entropy.mean().item())
+    bonus = gradient - plain
+    torch.testing.assert_close(bonus, 0.5 * probs * (probs.log() + entropy) / 2)
+    stepped = torch.softmax(torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.5, 0.0]]) - bonus, -1)
+    assert (-(stepped * stepped.log()).sum(-1) > entropy[:, 0]).all()
+
+
+@pytest.mark.parametrize("baseline", ["none", "batch", "expected"])
+def test_each_baseline_shifts_the_sampled_gradient_as_reinforce_defines_it(baseline):
+    """Sampled REINFORCE: loss = -mean over prompts and sampled actions a of (R(a) - b) log p(a), so the logits'
+    gradient is -(R(a) - b)(onehot(a) - p) averaged; b = 0 (none), the mean sampled reward of the batch (batch), or
+    the prompt's exact expected reward (expected)."""
+    iqs = torch.tensor([[[0.5, 1.0]], [[1.0, 0.5]]])  # top 1: p0 R = (-1, 0 + 1), p1 R = (0.75 + 1, -1)
+    features = PolicyFeatures(torch.zeros(2, 1, 8), torch.ones(2, 1, dtype=torch.bool))
+    table = RewardTable(("p0", "p1"), (10, 20), (0,), features, iqs, {}, torch.zeros_like(iqs), {})
+    settings = FitSettings(objective="reinforce", estimator="sampled", baseline=baseline, actions_per_prompt=3,
+                           top_k=1, entropy=0.0)
+    rewards = torch.tensor([[-1.0, 1.0], [1.75, -1.0]])
+    logits = torch.tensor([[0.0, 1.0], [0.5, -0.5]], requires_grad=True)
+    loss, _ = _Reinforce(table, settings).loss(logits, torch.arange(2), settings, torch.Generator().manual_seed(5))
+    loss.backward()
+
+    probs = torch.softmax(logits.detach(), -1)
+    actions = torch.multinomial(probs, 3, replacement=True, generator=torch.Generator().manual_seed(5))
+    chosen = rewards.gather(1, actions)
+    base = {"none": torch.zeros(2, 1), "batch": chosen.mean().expand(2, 1),
+            "expected": (probs * rewards).sum(-1, keepdim=True)}[baseline]
+    expected_grad = torch.zeros(2, 2)
+    for b in range(2):
+        for k in range(3):
+            expected_grad[b] -= (chosen[b, k] - base[b, 0]) * (torch.eye(2)[actions[b, k]] - probs[b]) / (2 * 3)
+    torch.testing.assert_close(logits.grad, expected_grad)
+    assert loss.item() == pytest.approx(-((chosen - base) * probs.log().gather(1, actions)).mean().item(), abs=1e-6)
+    assert len({tuple(row) for row in chosen.tolist()}) == 2 and chosen.mean() != 0  # the baselines differ here
+
+
+def test_under_the_exact_estimator_no_baseline_changes_the_gradient():
+    """The exact gradient weighs every option by its probability, so a baseline (a constant per prompt, never
+    differentiated) changes the loss's value only: all three give the same update."""
+    iqs = torch.tensor([[[0.5, 1.0, 0.9]], [[1.0, 0.5, 0.7]]])
+    features = PolicyFeatures(torch.zeros(2, 1, 8), torch.ones(2, 1, dtype=torch.bool))
+    table = RewardTable(("p0", "p1"), (10, 20, 30), (0,), features, iqs, {}, torch.zeros_like(iqs), {})
+    gradients = []
+    for baseline in ("expected", "batch", "none"):
+        settings = FitSettings(objective="reinforce", baseline=baseline, top_k=2)
+        logits = torch.tensor([[0.0, 1.0, -0.5], [0.5, -0.5, 0.0]], requires_grad=True)
+        _Reinforce(table, settings).loss(logits, torch.arange(2), settings, None)[0].backward()
+        gradients.append(logits.grad)
+    torch.testing.assert_close(gradients[1], gradients[0])
+    torch.testing.assert_close(gradients[2], gradients[0])

@@ -1,7 +1,13 @@
 """The reward table: same initial noise for every option, chunked pieces on disk, resumable, refuses mix-ups."""
+import os
+from pathlib import Path
+
 import pytest
 import torch
+from safetensors import safe_open
 
+from adadiff.trainer import generate
+from adadiff.trainer import table as table_module
 from adadiff.trainer.config import GenerateSettings, TrainerInputError
 from adadiff.trainer.generate import generate_table, noise_seed, sample
 from adadiff.trainer.models import load_pipeline, model_info
@@ -33,6 +39,34 @@ class Interrupting(ClosenessToReference):
         return super().score(images, prompts, references)
 
 
+def counting_renders(monkeypatch) -> list:
+    """Record every rendering the generator asks the pipeline for: (prompts, seed, steps)."""
+    renders = []
+
+    def counted(pipe, prompts, seed, steps, settings):
+        renders.append((tuple(prompts), seed, steps))
+        return sample(pipe, prompts, seed, steps, settings)
+
+    monkeypatch.setattr(generate, "sample", counted)
+    return renders
+
+
+def cut_mid_write(monkeypatch, piece: str) -> None:
+    """Ctrl-C (or kill -9) in the middle of writing ``piece``: half its bytes are on disk when the run stops. The run
+    has another process id than the rerun, as a killed process has."""
+    real = table_module.save_file
+    monkeypatch.setattr(os, "getpid", lambda: 2**23 + 1)  # beyond Linux's largest pid: no live process has it
+
+    def half_then_interrupt(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)
+        if Path(filename).name.startswith(piece):
+            data = Path(filename).read_bytes()
+            Path(filename).write_bytes(data[:len(data) // 2])
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(table_module, "save_file", half_then_interrupt)
+
+
 def test_every_option_starts_from_the_same_noise(model, tmp_path):
     pipe, info = model
     generate_table(pipe, PROMPTS, ClosenessToReference(reference_steps=6), settings(), tmp_path / "t", model=info,
@@ -61,7 +95,7 @@ def test_noise_depends_on_seed_and_prompt_only(model, tmp_path):
     torch.testing.assert_close(two.iqs, four.iqs, atol=1e-5, rtol=0)  # batch composition does not matter
 
 
-def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupted_one(model, tmp_path):
+def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupted_one(model, tmp_path, monkeypatch):
     pipe, info = model
     whole = ClosenessToReference(reference_steps=6)
     generate_table(pipe, PROMPTS, whole, settings(), tmp_path / "whole", model=info, show_progress=False)
@@ -74,8 +108,13 @@ def test_interrupted_run_resumes_without_recomputing_and_matches_an_uninterrupte
     with pytest.raises(TrainerInputError, match="unfinished"):
         load_table(tmp_path / "cut")
     rest = ClosenessToReference(reference_steps=6)
+    renders = counting_renders(monkeypatch)
     generate_table(pipe, PROMPTS, rest, settings(), tmp_path / "cut", model=info, show_progress=False)
     assert rest.calls == whole.calls - 5  # nothing finished was scored again
+    # chunk 0, seed 1 was cut after its reference was stored: the rerun reads it instead of rendering it again, and
+    # renders each of the 4 untouched chunk/seed pairs' references once
+    references = [(prompts, seed) for prompts, seed, steps in renders if steps == 6]
+    assert (PROMPTS[:3], 1) not in references and len(references) == len(set(references)) == 4
     resumed, uninterrupted = load_table(tmp_path / "cut"), load_table(tmp_path / "whole")
     assert torch.equal(resumed.iqs, uninterrupted.iqs)
     assert torch.equal(resumed.components["difference"], uninterrupted.components["difference"])
@@ -115,3 +154,38 @@ def test_other_samplers_including_ancestral_ones_repeat_exactly(tmp_path, schedu
     torch.testing.assert_close(table.components["difference"][:, 0, 0], (two - first).abs().mean((1, 2, 3)))
     assert table.description["sampling"]["scheduler_class"] == {"euler_a": "EulerAncestralDiscreteScheduler",
                                                                 "dpm++2m": "DPMSolverMultistepScheduler"}[scheduler]
+
+
+@pytest.fixture(scope="module")
+def whole_table(model, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("whole") / "t"
+    generate_table(model[0], PROMPTS, ClosenessToReference(reference_steps=6), settings(), folder, model=model[1],
+                   show_progress=False)
+    return load_table(folder)
+
+
+@pytest.mark.parametrize("piece", ["c00001-features.safetensors", "c00000-s1-ref.safetensors",
+                                   "c00001-s0-o4.safetensors"])
+def test_a_piece_cut_mid_write_is_never_visible_and_the_rerun_cleans_up_and_matches(model, whole_table, tmp_path,
+                                                                                   monkeypatch, piece):
+    """Pieces are written under a temporary name and renamed in: a write interrupted halfway leaves no half file
+    under the piece's name (so the rerun cannot take it for finished); the rerun removes the leftover and ends with
+    the uninterrupted table."""
+    pipe, info = model
+    cut_mid_write(monkeypatch, piece)
+    with pytest.raises(KeyboardInterrupt):
+        generate_table(pipe, PROMPTS, ClosenessToReference(reference_steps=6), settings(), tmp_path / "t", model=info,
+                       show_progress=False)
+    units = tmp_path / "t" / "units"
+    assert not (units / piece).exists()
+    assert [p.name for p in units.glob("*.partial-*")] == [f"{piece}.partial-{2**23 + 1}"]  # the write was really cut
+    for finished in units.glob("*.safetensors"):  # everything under a piece's name is complete
+        with safe_open(str(finished), "pt") as handle:
+            assert list(handle.keys())
+    monkeypatch.undo()
+    generate_table(pipe, PROMPTS, ClosenessToReference(reference_steps=6), settings(), tmp_path / "t", model=info,
+                   show_progress=False)
+    assert not any(units.glob("*.partial-*"))
+    resumed = load_table(tmp_path / "t")
+    assert torch.equal(resumed.iqs, whole_table.iqs)
+    assert torch.equal(resumed.features.tokens, whole_table.features.tokens)

@@ -1,5 +1,7 @@
 """Prompt files: every format, and every problem reported before any long work, with its line."""
+import errno
 import logging
+import os
 
 import pytest
 
@@ -54,25 +56,37 @@ def test_bad_files_are_refused_with_the_line_and_the_fix(tmp_path, name, data, e
     assert str(path) in str(error.value)
 
 
-def test_missing_file_folder_and_unreadable_file(tmp_path):
+def test_missing_file_and_folder(tmp_path):
     with pytest.raises(TrainerInputError, match="no such prompt file"):
         read_prompts(tmp_path / "nope.txt")
     (tmp_path / "dir.txt").mkdir()
     with pytest.raises(TrainerInputError, match="is a folder"):
         read_prompts(tmp_path / "dir.txt")
+
+
+def test_a_file_this_user_may_not_read_is_refused_naming_it(tmp_path, monkeypatch):
+    """Runs as root too (CI does): root may read a mode-000 file, so there the kernel's refusal is stood in for at
+    the one call that opens the file."""
     locked = write(tmp_path, "locked.txt", "a\n")
     locked.chmod(0)
-    try:
-        if locked.stat().st_mode & 0o777 == 0 and not _can_read(locked):
-            with pytest.raises(TrainerInputError, match="cannot be read"):
-                read_prompts(locked)
-    finally:
-        locked.chmod(0o644)
+    real_open = os.open
+
+    def open_as_another_user(path, flags, *args, **kwargs):
+        if os.fspath(path) == str(locked):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "open", open_as_another_user)
+    with pytest.raises(TrainerInputError) as error:
+        read_prompts(locked)
+    assert str(error.value) == f"{locked}: cannot be opened (Permission denied); check the path and its permissions"
 
 
-def _can_read(path):
-    try:
-        path.read_bytes()
-        return True
-    except PermissionError:
-        return False
+def test_a_file_whose_reading_fails_is_refused_naming_it(tmp_path):
+    """A regular file that opens but whose read fails (process memory at address 0: EIO, for root too)."""
+    broken = tmp_path / "p.txt"
+    broken.symlink_to("/proc/self/mem")
+    with pytest.raises(TrainerInputError) as error:
+        read_prompts(broken)
+    assert str(error.value) == f"{broken}: cannot be read (Input/output error); check the path and its permissions"
