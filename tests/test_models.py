@@ -102,15 +102,6 @@ def test_missing_or_unsupported_model_paths(tmp_path):
         load_pipeline(str(tmp_path / "empty"))
 
 
-def test_embedded_resolves_or_says_what_is_missing():
-    try:
-        pipe = load_pipeline("embedded")
-    except FileNotFoundError as error:
-        assert "embedded demo model" in str(error)
-    else:
-        assert model_info("embedded", pipe)["model_family"] == "embedded"
-
-
 def test_encoding_is_clip_last_hidden_state_with_end_token_padding(pipe):
     prompts = ["a red circle", "two blue squares on a green background, highly detailed"]
     embeds, pooled = encode_prompts(pipe, prompts)
