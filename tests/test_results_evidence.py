@@ -263,3 +263,19 @@ def test_every_stored_result_is_listed_with_its_command():
     stored |= {f"trainer/embedded/reports/{path.name}" for path in (ROOT / "trainer/embedded/reports").iterdir()}
     assert set(listed) == stored, f"unlisted: {sorted(stored - set(listed))}, not stored: {sorted(set(listed) - stored)}"
     assert all(re.search(r"`[^`]+`", command) for command in listed.values()), "a listed file has no command"
+
+
+def expand_braces(name: str) -> list[str]:
+    """``known_answer_{quality,reinforce}.txt`` -> both names."""
+    found = re.search(r"\{([^}]*)\}", name)
+    return [name] if not found else [name[:found.start()] + one + name[found.end():] for one in found[1].split(",")]
+
+
+def test_every_result_file_the_readme_names_is_stored():
+    """A result file the README points a reader to (``benchmarks/results/...``, ``trainer/embedded/reports/...``) is
+    in the repository."""
+    named = {one for name in re.findall(r"(?:benchmarks/results|trainer/embedded/reports)/[^\s`)/]+", README)
+             for one in expand_braces(name)}
+    assert len(named) >= 5, f"the README names too few result files to be checked: {sorted(named)}"
+    missing = sorted(name for name in named if not (ROOT / name).exists())
+    assert not missing, f"README names result files that are not stored: {missing}"
