@@ -91,6 +91,11 @@ ANALYSIS, MODEL = "trainer/embedded/reports/analysis.json", "trainer/embedded/mo
 DEFAULT_POLICY = r"what fit writes by default.*?"  # the first block of policy_speed.txt
 CROSS_SEED = "cross_seed_oracle"
 
+
+def no_signal(result: dict) -> dict:
+    """The known-answer benchmark's row for the table whose difficulties ignore the words."""
+    return next(row for row in result["rows"] if row["table"] == "no signal")
+
 CLAIMS = [
     # `make demo` (README "Set-up")
     claim(r"objective the policy takes # mean steps \(#% fewer than 50\) at #% less IQS, # ± # \*below\*", DEMO,
@@ -136,6 +141,8 @@ CLAIMS = [
             r"\(token width #", f"benchmarks/results/known_answer_{objective}.json",
             *(lambda r, k=k: r["settings"][k] for k in ("test_prompts", "train_prompts", "seeds", "width")))
       for objective in ("quality", "reinforce")),
+    claim(r"names the fixed count \(# steps\) that keeps quality within 1%", "benchmarks/results/known_answer_quality.json",
+          lambda r: float(re.search(r"use a fixed (\d+) steps", no_signal(r)["evaluate_says"])[1])),
     # the embedded model (README "The embedded demo model")
     claim(r"folder \(fp16, # MB of files\)", MODEL,
           lambda model: sum(f.stat().st_size for f in model.rglob("*") if f.is_file()) / 1e6),
