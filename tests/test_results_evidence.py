@@ -29,12 +29,13 @@ NUMBER = r"([+-]?\d[\d,]*(?:\.\d+)?)"  # a figure as printed: sign, thousands co
 
 
 def load(source: str):
+    """A stored result: JSON as a dict, text as a string, anything else (the model folder) as its path."""
     path = ROOT / source
     if path.suffix == ".json":
         return json.loads(path.read_text(encoding="utf-8"))
     if path.suffix == ".txt":
         return path.read_text(encoding="utf-8")
-    return path  # a folder or binary file: the getter reads it
+    return path
 
 
 def text(pattern: str) -> Callable[[str], float]:
@@ -55,6 +56,7 @@ def printed(value: float, shown: str) -> str:
 
 
 def readme_figures(pattern: str) -> tuple[str, ...]:
+    """The figures, as printed, of the one README sentence that ``pattern`` matches."""
     found = re.findall(pattern.replace("#", NUMBER), README)
     assert len(found) == 1, (f"README should say {pattern!r} exactly once (found {len(found)}): if its wording "
                              f"changed, update the pattern here")
@@ -87,6 +89,7 @@ def claim(readme: str, source: str, *getters: Callable) -> Claim:
 DEMO, CHEAP, RUN, RUN_LOG = ("benchmarks/results/demo_report.json", "benchmarks/results/cheap_table.txt",
                              "benchmarks/results/convergence_run_report.json", "benchmarks/results/convergence_run.txt")
 POLICY_SPEED, FIT_SPEED = "benchmarks/results/policy_speed.txt", "benchmarks/results/fit_speed.txt"
+KNOWN_QUALITY = "benchmarks/results/known_answer_quality.json"
 ANALYSIS, MODEL = "trainer/embedded/reports/analysis.json", "trainer/embedded/model"
 DEFAULT_POLICY = r"what fit writes by default.*?"  # the first block of policy_speed.txt
 CROSS_SEED = "cross_seed_oracle"
@@ -95,6 +98,7 @@ CROSS_SEED = "cross_seed_oracle"
 def no_signal(result: dict) -> dict:
     """The known-answer benchmark's row for the table whose difficulties ignore the words."""
     return next(row for row in result["rows"] if row["table"] == "no signal")
+
 
 CLAIMS = [
     # `make demo` (README "Set-up")
@@ -141,7 +145,7 @@ CLAIMS = [
             r"\(token width #", f"benchmarks/results/known_answer_{objective}.json",
             *(lambda r, k=k: r["settings"][k] for k in ("test_prompts", "train_prompts", "seeds", "width")))
       for objective in ("quality", "reinforce")),
-    claim(r"names the fixed count \(# steps\) that keeps quality within 1%", "benchmarks/results/known_answer_quality.json",
+    claim(r"names the fixed count \(# steps\) that keeps quality within 1%", KNOWN_QUALITY,
           lambda r: float(re.search(r"use a fixed (\d+) steps", no_signal(r)["evaluate_says"])[1])),
     # the embedded model (README "The embedded demo model")
     claim(r"folder \(fp16, # MB of files\)", MODEL,
@@ -268,7 +272,7 @@ def test_every_stored_result_is_listed_with_its_command():
     listed = {name: command for files, command, *_ in rows for name in re.findall(r"`([^`]+)`", files)}
     stored = {path.name for path in RESULTS.iterdir() if path.name != "README.md"}
     stored |= {f"trainer/embedded/reports/{path.name}" for path in (ROOT / "trainer/embedded/reports").iterdir()}
-    assert set(listed) == stored, f"unlisted: {sorted(stored - set(listed))}, not stored: {sorted(set(listed) - stored)}"
+    assert set(listed) == stored, f"not listed: {sorted(stored - set(listed))}, gone: {sorted(set(listed) - stored)}"
     assert all(re.search(r"`[^`]+`", command) for command in listed.values()), "a listed file has no command"
 
 
