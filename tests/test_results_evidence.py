@@ -19,7 +19,7 @@ from safetensors import safe_open
 from adadiff.policy import PolicyConfig, PolicyFeatures, init_policy
 from adadiff.trainer import evaluate as evaluate_module
 from adadiff.trainer.evaluate import evaluate_policy
-from adadiff.trainer.report import write_report
+from adadiff.trainer.report import markdown, write_report
 from adadiff.trainer.table import RewardTable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -261,6 +261,14 @@ def test_the_stored_demo_report_has_the_layout_evaluate_writes_today(tmp_path, m
     policy = init_policy(PolicyConfig(options=options, token_dim=8, objective="quality"))
     fresh = json.loads(write_report(evaluate_policy(policy, table), tmp_path).read_text(encoding="utf-8"))
     assert report_keys(demo) == report_keys(fresh)
+
+
+def test_the_stored_demo_markdown_is_the_stored_demo_report():
+    """demo_report.md is what ``make demo`` writes for demo_report.json today: the two copies come from one run."""
+    demo = json.loads((RESULTS / "demo_report.json").read_text(encoding="utf-8"))
+    assert (RESULTS / "demo_report.md").read_text(encoding="utf-8") == markdown(demo), (
+        "demo_report.md and demo_report.json differ: copy both from one `make demo` run (or re-render the .md with "
+        "adadiff.trainer.report.markdown)")
 
 
 def test_every_stored_result_is_listed_with_its_command():
