@@ -239,6 +239,19 @@ def test_the_known_answer_table_is_the_stored_benchmark(objective):
             assert shown == expected, f"{label}, {objective} {metric}: README {shown}, stored {expected}"
 
 
+@pytest.mark.parametrize("objective", ["quality", "reinforce"])
+def test_the_known_answer_printout_and_json_come_from_one_run(objective):
+    """known_answer_*.txt (what the benchmark printed) and known_answer_*.json (what it wrote) hold the same tables,
+    the same shares of the oracle's saving and the same verdicts."""
+    printout = (RESULTS / f"known_answer_{objective}.txt").read_text(encoding="utf-8")
+    rows = json.loads((RESULTS / f"known_answer_{objective}.json").read_text(encoding="utf-8"))["rows"]
+    assert len(re.findall(r"of the true oracle's saving", printout)) == len(rows)
+    for row in rows:
+        shown = re.search(re.escape(row["table"]) + r": +(\S+)% of the true oracle's saving", printout)
+        assert shown and shown[1] == printed(100 * row["share_of_true_oracle_saving"], shown[1]), row["table"]
+        assert f"says: {row['evaluate_says']}" in printout, row["table"]
+
+
 def report_keys(report) -> object:
     """The key tree of a report: what a reader of report.json can look up."""
     if isinstance(report, dict):
