@@ -17,6 +17,9 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 
 demo: $(STAMP)
 	$(PY) -m adadiff.trainer demo
+	mkdir -p benchmarks/results
+	cp outputs/demo/report.json benchmarks/results/demo_report.json
+	cp outputs/demo/report.md benchmarks/results/demo_report.md
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
