@@ -1,11 +1,13 @@
 """Measure a policy's file size and per-prompt decision time (batch 1) on this machine: the network `adadiff-train
 fit` writes by default, and the paper's three attention layers.
 
-Prints measured figures only; the targets (file <= 2 MB, decision <= 1 ms median on one core) are stated next to them.
+Prints measured figures only; the targets (file <= 2 MB, decision <= 1 ms median on one core) are stated next to them,
+and so are the load average and a reference matrix product (`fit_speed.py`'s), for figures from a loaded machine.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
@@ -15,6 +17,7 @@ import torch
 
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, save_policy
 from adadiff.trainer.config import FitSettings
+from fit_speed import reference_op_seconds
 
 FAMILIES = {"sd15": (768, 0), "sd2": (1024, 0), "sdxl": (2048, 1280)}
 
@@ -36,7 +39,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (hosts usually leave several)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU")
+    print(f"torch {torch.__version__}, {args.threads} thread(s), CPU; reference op (2048^2 fp32 matmul): "
+          f"{1000 * reference_op_seconds():.1f} ms; load average {os.getloadavg()[0]:.2f}")
     fitted = FitSettings()
     for depth in (fitted.policy_depth, 3):
         config = dict(depth=depth, width=fitted.policy_width, objective=fitted.objective)
