@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m adadiff.trainer demo
+	$(PY) -m adadiff.trainer demo --force
 	mkdir -p benchmarks/results
 	cp outputs/demo/report.json benchmarks/results/demo_report.json
 	cp outputs/demo/report.md benchmarks/results/demo_report.md
