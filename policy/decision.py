@@ -17,9 +17,8 @@ from .network import StepPolicy
 
 # Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
 QUALITY_BIAS_SCALE = 5.0
-# Quality policies: quality_bias b divides the tolerance by TOLERANCE_BIAS_BASE ** b (1 -> 0.4 of it, -1 -> 2.5 times);
-# the fit tells losses apart up to twice the widest (trainer.fit.LOSS_CLIP_TOLERANCES).
-TOLERANCE_BIAS_BASE = 2.5
+# Quality policies: quality_bias b divides the tolerance by TOLERANCE_BIAS_BASE ** b (1 -> a tenth, -1 -> ten times).
+TOLERANCE_BIAS_BASE = 10.0
 
 
 @dataclass(frozen=True)
@@ -112,7 +111,7 @@ def choose_steps(
     the policy as trained; more bias never gives fewer steps. A REINFORCE policy takes
     ``argmax(log p + bias * position)``, where position runs from 0 (fewest-step option) to 1 (most): the argmax of
     lines with increasing slopes never moves to fewer steps as the bias grows. A quality policy accepts a loss of
-    ``tolerance / 2.5 ** bias`` (bias 1: 0.4 of its tolerance; -1: 2.5 times). ``min_steps``/``max_steps`` then
+    ``tolerance / 10 ** bias`` (bias 1: a tenth of its tolerance; -1: ten times). ``min_steps``/``max_steps`` then
     clamp each count.
     """
     _check_request(quality_bias, min_steps, max_steps)

@@ -38,7 +38,7 @@ def _decision_rule(config: dict) -> str:
     """The objective in words: what the policy's choice promises."""
     if config["objective"] == "quality":
         return (f"predicted quality (the fewest steps whose IQS is predicted within {config['tolerance_pct']:g}% of "
-                f"{config['options'][-1]} steps; the quality knob divides that by 2.5 per unit)")
+                f"{config['options'][-1]} steps; the quality knob divides that by 10 per unit)")
     return "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"
 
 

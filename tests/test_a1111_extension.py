@@ -285,8 +285,8 @@ def test_the_knob_and_the_limits_move_the_choice(host):
 
 def test_a_quality_policy_takes_the_fewest_steps_within_its_tolerance(host):
     config = PolicyConfig(options=OPTIONS, width=32, depth=1, heads=2, objective="quality")
-    # predicted IQS loss against 16 steps: 2% at 4, 0.6% at 8, 0.05% at 12; the knob sets the tolerance to 1% / 2.5**knob
-    save_policy(quality_policy_with_losses([2.0, 0.6, 0.05, 0.0], config), host.policies / "quality.safetensors")
+    # predicted IQS loss against 16 steps: 5% at 4, 0.6% at 8, 0.05% at 12; the knob sets the tolerance to 1% / 10**knob
+    save_policy(quality_policy_with_losses([5.0, 0.6, 0.05, 0.0], config), host.policies / "quality.safetensors")
     for knob, expected in ((0.0, 8), (1.0, 12), (-1.0, 4)):
         processed = host.generate(host.job(CAT, accordion=enabled("quality.safetensors", knob=knob)))
         assert steps_of(processed) == [expected], knob

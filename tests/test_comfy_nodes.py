@@ -67,7 +67,7 @@ def comfy(tmp_path_factory):
     _write_policy(policies / "random.safetensors", seed=7)
     _write_policy(policies / "sdxl.safetensors", token_dim=2048, pooled_dim=1280)
     # A quality-objective policy: it predicts 30% less IQS at 1 step and 0.5% at 2, so its 1% tolerance takes 2
-    # steps; quality_bias +1 (0.4%) takes 3.
+    # steps; quality_bias +1 (0.1%) takes 3.
     quality = quality_policy_with_losses([30.0, 0.5, 0.0], PolicyConfig(options=OPTIONS, objective="quality"))
     save_policy(quality, policies / "quality.safetensors")
     (policies / "corrupt.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")

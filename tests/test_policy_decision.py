@@ -141,9 +141,9 @@ def test_a_quality_policy_takes_the_fewest_steps_within_its_tolerance():
     assert choice.per_prompt == (30, 10) and choice.steps == 30 and choice.probs is None
     assert choice.tolerance_pct == 1.0
     assert "within 1% of 50 steps" in choice.summary() and "prompt 0: 30 steps (10:30.00%, 20:4.00%" in choice.summary()
-    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=1.0).per_prompt == (40, 20)  # 0.4%
-    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=-1.0).per_prompt == (30, 10)  # 2.5%
-    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=3.0).per_prompt == (50, 40)  # 0.064%
+    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=1.0).per_prompt == (50, 30)  # 0.1%
+    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=-1.0).per_prompt == (20, 10)  # 10%
+    assert choose_steps(policy, torch.randn(2, 77, 768), quality_bias=3.0).per_prompt == (50, 40)  # 0.001%
 
 
 def test_a_quality_policy_reads_its_own_tolerance():

@@ -99,8 +99,8 @@ def test_quality_objective_learns_each_kind_of_prompts_loss_curve():
         losses = result.policy(table.features.tokens.float(), table.features.mask)
     hard = torch.arange(len(table)) % 2 == 1
     # easy prompts: no option worse than 40 steps (1.0 ... 0.97); hard ones: 80% less at 10 steps, which the fit
-    # only needs to know as beyond its clip at 5 tolerances (5%)
-    assert losses[~hard].max() < 1.0 and (losses[hard, 0] > 4.5).float().mean() > 0.9
+    # only needs to know as beyond its 20% clip
+    assert losses[~hard].max() < 1.0 and (losses[hard, 0] > 18).float().mean() > 0.9
     right = [a == b for a, b in zip(_choices(result.policy, table), _right_answers(table))]
     assert sum(right) >= 0.95 * len(right)
 
