@@ -29,3 +29,30 @@ def test_the_pre_normalised_path_reads_the_pooled_vector():
     with torch.no_grad():
         torch.testing.assert_close(policy.forward_normalised(normalise_tokens(tokens), mask, pooled),
                                    policy(tokens, mask, pooled), atol=1e-4, rtol=1e-4)
+
+
+def small_policy(**settings):
+    return init_policy(PolicyConfig(token_dim=32, width=16, heads=2, depth=2, dropout=0.0, **settings), seed=5)
+
+
+def test_a_prompt_decides_alike_alone_and_in_a_batch():
+    """Each prompt's outputs are its own: batching prompts of different lengths changes nothing."""
+    policy = small_policy()
+    tokens, mask = 3 * torch.randn(2, 9, 32), torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 4:] = False
+    with torch.no_grad():
+        together = policy(tokens, mask)
+        alone = torch.cat([policy(tokens[i:i + 1], mask[i:i + 1]) for i in range(2)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_single_real_token_pools_to_its_own_state():
+    """Mean pooling over real tokens: one real token among padding gives the outputs of that token repeated."""
+    policy = small_policy()
+    token = 3 * torch.randn(1, 1, 32)
+    padded = torch.cat([token, 5 * torch.randn(1, 6, 32)], 1)
+    mask = torch.zeros(1, 7, dtype=torch.bool)
+    mask[0, 0] = True
+    with torch.no_grad():
+        torch.testing.assert_close(policy(padded, mask), policy(token.expand(1, 7, 32), torch.ones(1, 7, dtype=torch.bool)),
+                                   atol=1e-5, rtol=1e-5)
