@@ -25,8 +25,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 _POLICY_TESTS = ["tests/test_policy_decision.py", "tests/test_policy_network.py", "tests/test_policy_features.py",
-                 "tests/test_policy_file.py", "tests/test_bad_inputs_policy.py", "tests/test_policy_cli.py",
-                 "tests/test_policy_contracts.py"]
+                 "tests/test_policy_file.py", "tests/test_bad_inputs_policy.py", "tests/test_policy_contracts.py"]
+# Tests that take seconds each (a CLI in a subprocess, a 4 GB allocation refused, long Hypothesis runs): every
+# surviving mutant of a function they reach would rerun them, so they stay out (the CLI is not a mutated module).
+_SLOW_TESTS = ["tests/test_bad_inputs_policy.py::test_inspect_subprocess_exits_2_without_traceback_on_a_refused_file",
+               "tests/test_bad_inputs_policy.py::test_a_crafted_huge_config_is_refused_without_allocating"]
 
 # Run in this order: the decision itself first, then the trainer's fit and evaluation, the hosts' decision paths,
 # and the rest of the policy package (file format, feature extraction, bounded parsing).
@@ -68,8 +71,9 @@ def stage(group: str, where: Path) -> Path:
     lines += [f"    adadiff/{path}" for path in spec["mutate"]]
     lines += ["also_copy =", "    adadiff/", "pytest_add_cli_args_test_selection ="]
     lines += [f"    adadiff/{path}" for path in tests]
-    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q",
-              "process_isolation = forkserver", "use_git_change_detection = false", ""]
+    lines += ["pytest_add_cli_args =", "    -p", "    no:cacheprovider", "    -q"]
+    lines += [f"    --deselect=adadiff/{test}" for test in _SLOW_TESTS]
+    lines += ["process_isolation = forkserver", "use_git_change_detection = false", ""]
     (where / "setup.cfg").write_text("\n".join(lines))
     return where
 
