@@ -1,9 +1,12 @@
 """Exact promises of the trainer's fit, evaluation and table that the mutation run (`make mutation`) found unguarded."""
+import math
+
 import pytest
 import torch
 
 from adadiff.policy import PolicyFeatures
 from adadiff.trainer.config import FitSettings
+from adadiff.trainer.evaluate import evaluate_choices
 from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info
 from adadiff.trainer.table import RewardTable
 
@@ -64,3 +67,43 @@ def test_the_fit_summary_states_how_the_policy_was_fitted(objective):
         assert (summary["baseline"], summary["entropy"], summary["estimator"]) == ("batch", 0.2, "exact")
         assert summary["validation_score"] == "mean reward of the argmax choice" and "tolerance_pct" not in summary
     assert result.policy.config.tolerance_pct == 3.0 and result.policy.config.dropout == 0.0
+
+
+def quality_table(rows, options, prompts=None) -> RewardTable:
+    """A one-seed table with the given IQS per prompt and option, sampling time proportional to steps."""
+    iqs = torch.tensor(rows, dtype=torch.float32)[:, None, :]
+    time_s = (torch.tensor(options, dtype=torch.float32) * 0.01).expand_as(iqs).clone()
+    features = PolicyFeatures(torch.randn(len(rows), 3, 8).half(), torch.ones(len(rows), 3, dtype=torch.bool))
+    return RewardTable(prompts or tuple(f"p{i}" for i in range(len(rows))), tuple(options), (0,), features, iqs, {},
+                       time_s, {})
+
+
+def test_a_policy_that_picks_per_prompt_is_told_it_pays_off():
+    """Easy prompts at 10 steps, hard ones at 30: it beats a fixed 20 steps and its own random twin by > 2 SE."""
+    table = quality_table([[1.0, 1.0], [0.5, 1.0]] * 4, (10, 30))
+    report = evaluate_choices(table, torch.tensor([0, 1] * 4))
+    differences = torch.tensor([0.0, 0.25] * 4)  # against a blend of half 10 and half 30 steps
+    se = differences.std().item() / math.sqrt(8)
+    assert report["fixed_matched"]["policy_minus_se"] == pytest.approx(se)
+    assert report["checks"] == {"saving_at_least_40pct": False, "iqs_drop_at_most_1pct": True,
+                                "beats_random_same_distribution_by_2se": True, "beats_fixed_matched_by_2se": True,
+                                "at_least_80pct_of_oracle_saving": True}
+    assert report["verdict"] == {
+        "per_prompt_pays_off": True, "recommended_fixed_steps": 30,
+        "summary": f"per-prompt steps pay off: the policy saves 33% of the steps at 0.00% less IQS and beats a fixed "
+                   f"20.0 steps by +0.1250 ({0.125 / se:.1f} SE)"}
+
+
+def test_a_policy_that_does_not_pay_off_is_told_which_fixed_count_to_use():
+    """The verdict names the fewest fixed steps within the tolerance, their IQS loss and their saving."""
+    table = quality_table([[0.9, 0.9, 0.9], [0.5, 0.9, 0.9], [0.3, 0.6, 0.9], [0.9, 0.95, 0.9]], (10, 20, 30))
+    report = evaluate_choices(table, torch.tensor([1, 1, 1, 1]), tolerance_pct=10.0)
+    drop = 100 * (0.9 - 0.8375) / 0.9  # the fixed 20 steps' mean IQS against the fixed 30 steps'
+    assert report["fixed_within_tolerance"] == {"steps": 20, "iqs": pytest.approx(0.8375), "iqs_drop_pct":
+                                                pytest.approx(drop, abs=1e-4), "saving_pct": pytest.approx(100 / 3)}
+    assert report["verdict"]["summary"] == (
+        "per-prompt steps do not pay off here: the policy does not beat both a fixed count at its mean steps and a "
+        f"random policy with its step distribution by 2 SE; use a fixed 20 steps (the fewest within 10% of the "
+        f"largest option's IQS: {drop:.2f}% less, 33% fewer steps)")
+    assert report["tolerance_pct"] == 10.0 and report["n_seeds"] == 1
+    assert report["share_of_oracle_saving"] == pytest.approx((1 - 20 / 30) / (1 - 17.5 / 30))  # oracle: 10, 20, 30, 10
