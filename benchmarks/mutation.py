@@ -78,32 +78,53 @@ def stage(group: str, where: Path) -> Path:
     return where
 
 
-def run(group: str, where: Path, children: int) -> str:
+def _env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # the staged copy, not a worktree shim, must be the `adadiff` the tests import
-    mutmut = [sys.executable, "-m", "mutmut"]
-    subprocess.run(mutmut + ["run", "--max-children", str(children)], cwd=where, env=env, check=True)
-    results = subprocess.run(mutmut + ["results", "--all", "true"], cwd=where, env=env, check=True,
-                             capture_output=True, text=True).stdout
-    return results
+    return env
 
 
-def summarise(group: str, results: str) -> str:
-    statuses: dict[str, list[str]] = {}
-    for line in results.splitlines():
-        match = re.match(r"\s*(\S+): (.+)$", line)
+def run(where: Path, children: int) -> None:
+    subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children)], cwd=where, env=_env(),
+                   check=True)
+
+
+def results(where: Path) -> str:
+    """mutmut's verdict on every mutant of a staged run, finished or not ("not checked": not run yet)."""
+    return subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=where, env=_env(),
+                          check=True, capture_output=True, text=True).stdout
+
+
+def changed_lines(where: Path, name: str) -> list[str]:
+    """The lines a mutant changes, as mutmut shows them."""
+    diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=where, env=_env(), capture_output=True,
+                          text=True).stdout
+    return [f"      {line.strip()}" for line in diff.splitlines() if re.match(r"[-+](?![-+])", line)]
+
+
+def summarise(group: str, verdicts: str, where: Path | None = None) -> str:
+    """Per module: mutants tried, killed (a test failed or timed out) and not killed; the names of those not killed.
+    Mutants not yet run ("not checked", after a stopped run) are counted apart, never as killed."""
+    by_module: dict[str, dict[str, list[str]]] = {}
+    for line in verdicts.splitlines():
+        match = re.match(r"\s*(\S+)__mutmut_\d+: (.+)$", line)
         if match:
-            statuses.setdefault(match.group(2).strip(), []).append(match.group(1))
-    total = sum(len(names) for names in statuses.values())
-    killed = len(statuses.get("killed", [])) + len(statuses.get("timeout", []))
-    out = [f"mutmut {group}: {total} mutants, {killed} killed, {total - killed} not killed "
-           f"({100 * (total - killed) / max(total, 1):.1f}% surviving)"]
-    for status, names in sorted(statuses.items()):
-        out.append(f"  {status}: {len(names)}")
-    for status, names in sorted(statuses.items()):
-        if status not in ("killed", "timeout"):
-            out += [f"    {status}: {name}" for name in sorted(names)]
-    return "\n".join(out) + "\n"
+            name, status = line.strip().rsplit(": ", 1)
+            module = re.sub(r"\.x[_ǁ].*$", "", match.group(1))
+            by_module.setdefault(module, {}).setdefault(status, []).append(name)
+    out, left_out = [], []
+    for module, statuses in sorted(by_module.items()):
+        killed = len(statuses.get("killed", [])) + len(statuses.get("timeout", []))
+        not_run = len(statuses.get("not checked", []))
+        tried = sum(len(names) for names in statuses.values()) - not_run
+        line = (f"{module}: {tried} mutants tried, {killed} killed, {tried - killed} not killed "
+                f"({100 * (tried - killed) / max(tried, 1):.1f}% surviving)")
+        out.append(line + (f"; {not_run} not run" if not_run else ""))
+        for status, names in sorted(statuses.items()):
+            if status not in ("killed", "timeout", "not checked"):
+                for name in sorted(names):
+                    left_out += [f"  {status}: {name}"] + (changed_lines(where, name) if where else [])
+    return "\n".join([f"mutmut {group}"] + out + ["not killed:"] + left_out) + "\n"
 
 
 def main() -> None:
@@ -111,13 +132,17 @@ def main() -> None:
     parser.add_argument("groups", nargs="*", default=list(GROUPS), help=f"any of {', '.join(GROUPS)}")
     parser.add_argument("--stage", type=Path, default=ROOT / "build" / "mutation")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once")
+    parser.add_argument("--summarise-only", action="store_true",
+                        help="summarise the staged runs as they stand (e.g. one stopped early) without running")
     args = parser.parse_args()
     unknown = set(args.groups) - set(GROUPS)
     if unknown:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     for group in args.groups:
-        where = stage(group, args.stage / group)
-        summary = summarise(group, run(group, where, args.children))
+        where = args.stage / group
+        if not args.summarise_only:
+            run(stage(group, where), args.children)
+        summary = summarise(group, results(where), where)
         print(summary)
         results_dir = ROOT / "benchmarks" / "results"
         results_dir.mkdir(parents=True, exist_ok=True)
