@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from adadiff.policy import PolicyConfig, StepChoice, init_policy
-from adadiff.policy.decision import first_within
+from adadiff.policy.decision import choose_steps, first_within
 from adadiff.policy.network import normalise_tokens
+from policy_helpers import policy_preferring, random_conditioning
 
 
 def test_a_reinforce_summary_reads_exactly_one_line_per_prompt():
@@ -56,3 +57,11 @@ def test_a_single_real_token_pools_to_its_own_state():
     with torch.no_grad():
         torch.testing.assert_close(policy(padded, mask), policy(token.expand(1, 7, 32), torch.ones(1, 7, dtype=torch.bool)),
                                    atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("limit", [1, 7])
+def test_equal_limits_down_to_one_step_are_a_valid_request(limit):
+    """min_steps == max_steps pins the count, 1 included: the smallest limits a user may give are accepted."""
+    policy = policy_preferring(3)  # 20 steps on its own
+    assert choose_steps(policy, random_conditioning(), min_steps=limit, max_steps=limit).per_prompt == (limit,)
+    assert choose_steps(policy, random_conditioning(), min_steps=1).steps == 20
