@@ -8,7 +8,8 @@ from adadiff.policy import PolicyFeatures
 from adadiff.trainer.config import FitSettings
 from adadiff.trainer.evaluate import evaluate_choices
 from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info
-from adadiff.trainer.table import RewardTable
+from adadiff.trainer.table import (MEASURED, TABLE_FORMAT, TABLE_VERSION, RewardTable, TableFolder, chunk_count,
+                                   features_name, load_table, probe_name, reference_name, unit_name)
 
 OPTIONS = (10, 20, 40)
 DESCRIPTION = {"model": {"model_family": "sd15", "name": "tiny.safetensors", "fingerprint": "abc123"},
@@ -107,3 +108,50 @@ def test_a_policy_that_does_not_pay_off_is_told_which_fixed_count_to_use():
         f"largest option's IQS: {drop:.2f}% less, 33% fewer steps)")
     assert report["tolerance_pct"] == 10.0 and report["n_seeds"] == 1
     assert report["share_of_oracle_saving"] == pytest.approx((1 - 20 / 30) / (1 - 17.5 / 30))  # oracle: 10, 20, 30, 10
+
+
+def test_table_pieces_keep_their_names_on_disk():
+    """Piece names are the on-disk format a resumed or older table is read by."""
+    assert unit_name(3, 1, 20) == "c00003-s1-o20.safetensors"
+    assert features_name(12) == "c00012-features.safetensors"
+    assert reference_name(0, 7) == "c00000-s7-ref.safetensors"
+    assert probe_name(2, 0, 5) == "c00002-s0-o5-probe.safetensors"
+    assert [chunk_count(n, 4) for n in (1, 4, 5, 8, 9)] == [1, 1, 2, 2, 3]
+
+
+def test_a_table_written_in_chunks_loads_as_one(tmp_path):
+    """Chunks of different token lengths are padded (mask False), scores land at [prompt, seed, option], the
+    measured flags stay booleans and extra reward components are kept."""
+    prompts, options, seeds = ["a", "b", "c"], [5, 10], [0, 3]
+    description = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "prompts": prompts, "options": options,
+                   "seeds": seeds, "batch_size": 2}
+    folder = TableFolder(tmp_path / "table")
+    folder.open(description)
+    lengths = {0: 4, 1: 2}  # chunk 0 holds prompts a, b; chunk 1 prompt c, with fewer tokens
+    for chunk, start in enumerate((0, 2)):
+        size = len(prompts[start:start + 2])
+        folder.write(features_name(chunk), {"tokens": torch.full((size, lengths[chunk], 6), chunk + 1.0).half(),
+                                            "mask": torch.ones(size, lengths[chunk], dtype=torch.bool),
+                                            "pooled": torch.full((size, 2), chunk + 1.0)})
+        for s in seeds:
+            for o in options:
+                rows = torch.arange(start, start + size, dtype=torch.float32)
+                folder.write(unit_name(chunk, s, o), {"iqs": rows * 100 + s * 10 + o, "time_s": rows + o,
+                                                      "clip": -rows, MEASURED: rows != 1})
+    table = load_table(folder.folder)
+    expected = torch.tensor([[[n * 100 + s * 10 + o for o in options] for s in seeds] for n in range(3)],
+                            dtype=torch.float32)
+    assert torch.equal(table.iqs, expected) and table.iqs.dtype == torch.float32
+    assert torch.equal(table.time_s[:, 0], torch.tensor([[5.0, 10.0], [6.0, 11.0], [7.0, 12.0]]))
+    assert set(table.components) == {"clip"} and torch.equal(table.components["clip"][2], torch.full((2, 2), -2.0))
+    assert table.measured.dtype == torch.bool and table.measured[:, 0, 0].tolist() == [True, False, True]
+    assert table.features.tokens.shape == (3, 4, 6) and table.features.mask.tolist()[2] == [True, True, False, False]
+    assert table.features.tokens[2, :2].eq(2).all() and table.features.tokens[2, 2:].eq(0).all()
+    assert torch.equal(table.features.pooled[:, 0], torch.tensor([1.0, 1.0, 2.0]))
+    assert (table.prompts, table.options, table.seeds) == (("a", "b", "c"), (5, 10), (0, 3))
+    halves = table.seed_subset([1])
+    assert halves.seeds == (3,) and torch.equal(halves.iqs, expected[:, 1:]) and torch.equal(
+        halves.measured, table.measured[:, 1:])
+    rows = table.subset([2, 0])
+    assert rows.prompts == ("c", "a") and torch.equal(rows.iqs, expected[[2, 0]])
+    assert torch.equal(rows.features.pooled, table.features.pooled[[2, 0]]) and set(rows.components) == {"clip"}
