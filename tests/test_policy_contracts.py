@@ -65,3 +65,20 @@ def test_equal_limits_down_to_one_step_are_a_valid_request(limit):
     policy = policy_preferring(3)  # 20 steps on its own
     assert choose_steps(policy, random_conditioning(), min_steps=limit, max_steps=limit).per_prompt == (limit,)
     assert choose_steps(policy, random_conditioning(), min_steps=1).steps == 20
+
+
+def policy_with_logits(logits, options):
+    """A real REINFORCE policy whose head ignores the prompt and outputs ``logits``."""
+    policy = init_policy(PolicyConfig(options=options, width=8, heads=1, depth=1), seed=0)
+    with torch.no_grad():
+        policy.head[-1].weight.zero_()
+        policy.head[-1].bias.copy_(torch.tensor(logits))
+    return policy
+
+
+@pytest.mark.parametrize("bias, steps", [(0.79, 10), (0.81, 20)])
+def test_the_knob_adds_five_nats_times_the_options_position(bias, steps):
+    """Scores are log p + 5 * bias * position, position 0 at the fewest steps and 1 at the most: 20 of (10, 20, 30)
+    sits at 0.5, so a 2-nat deficit is made up at exactly bias 0.8."""
+    policy = policy_with_logits([0.0, -2.0, -10.0], (10, 20, 30))
+    assert choose_steps(policy, random_conditioning(), quality_bias=bias).steps == steps
