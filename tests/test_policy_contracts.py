@@ -82,3 +82,38 @@ def test_the_knob_adds_five_nats_times_the_options_position(bias, steps):
     sits at 0.5, so a 2-nat deficit is made up at exactly bias 0.8."""
     policy = policy_with_logits([0.0, -2.0, -10.0], (10, 20, 30))
     assert choose_steps(policy, random_conditioning(), quality_bias=bias).steps == steps
+
+
+@pytest.mark.parametrize("settings", [
+    {"options": (1, 2)}, {"options": tuple(range(1, 257))}, {"dropout": 0.0}, {"dropout": 0.999},
+    {"depth": 12}, {"ff_mult": 8}, {"token_dim": 16384, "pooled_dim": 16384}, {"width": 2048, "heads": 64},
+    {"tolerance_pct": 0.001}, {"tolerance_pct": 99.9}, {"pooled_dim": 0}, {"objective": "quality"},
+    {"width": 1, "heads": 1, "depth": 1, "token_dim": 1, "ff_mult": 1},
+])
+def test_configs_at_the_edge_of_each_limit_are_accepted(settings):
+    """Every limit is inclusive where the message says so: a policy file written at a limit loads."""
+    config = PolicyConfig(**settings)
+    assert all(getattr(config, name) == value for name, value in settings.items())
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"options": (1,)}, "a policy needs 2 to 256 step options, got 1"),
+    ({"options": tuple(range(1, 258))}, "a policy needs 2 to 256 step options, got 257"),
+    ({"options": (0, 5)}, "step options must be distinct positive integers in increasing order, got (0, 5)"),
+    ({"options": (5, "10")}, "step option must be a whole number, got '10'"),
+    ({"depth": 13}, "depth must be between 0 and 12, got 13"),
+    ({"heads": -1}, "heads must be between 0 and 64, got -1"),
+    ({"depth": 0}, "depth must be positive, got 0"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
+    ({"dropout": "0.1"}, "dropout must be a number, got str"),
+    ({"tolerance_pct": True}, "tolerance_pct must be a number, got bool"),
+    ({"tolerance_pct": 0.0}, "tolerance_pct must be between 0 and 100, got 0.0"),
+    ({"tolerance_pct": 100.0}, "tolerance_pct must be between 0 and 100, got 100.0"),
+    ({"objective": "fast"}, "objective must be one of reinforce, quality, got 'fast'"),
+    ({"width": 30, "heads": 4}, "width 30 must be divisible by heads 4"),
+])
+def test_each_refused_config_says_exactly_what_is_wrong(settings, message):
+    with pytest.raises(ValueError) as error:
+        PolicyConfig(**settings)
+    assert str(error.value) == message
