@@ -92,6 +92,19 @@ def run(where: Path, children: int) -> None:
                    check=True)
 
 
+def rerun_unkilled(where: Path, children: int) -> None:
+    """After adding tests: bring the repository's tests into a staged run and test again only the mutants it has not
+    killed (survivors, mutants without tests, and those a stopped run never reached); killed ones stay killed, since
+    tests were only added. mutmut maps the new tests to the functions they reach before running."""
+    shutil.copytree(ROOT / "tests", where / "mutants" / "adadiff" / "tests", dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    names = [line.strip().rsplit(": ", 1)[0] for line in results(where).splitlines()
+             if ": " in line and line.strip().rsplit(": ", 1)[1] not in ("killed", "timeout")]
+    if names:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names], cwd=where,
+                       env=_env(), check=True)
+
+
 def results(where: Path) -> str:
     """mutmut's verdict on every mutant of a staged run, finished or not ("not checked": not run yet)."""
     return subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=where, env=_env(),
@@ -135,6 +148,8 @@ def main() -> None:
     parser.add_argument("groups", nargs="*", default=list(GROUPS), help=f"any of {', '.join(GROUPS)}")
     parser.add_argument("--stage", type=Path, default=ROOT / "build" / "mutation")
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once")
+    parser.add_argument("--rerun-unkilled", action="store_true",
+                        help="in the staged runs, test again with the current tests only the mutants not yet killed")
     parser.add_argument("--summarise-only", action="store_true",
                         help="summarise the staged runs as they stand (e.g. one stopped early) without running")
     args = parser.parse_args()
@@ -143,7 +158,9 @@ def main() -> None:
         parser.error(f"unknown group(s): {', '.join(sorted(unknown))}")
     for group in args.groups:
         where = args.stage / group
-        if not args.summarise_only:
+        if args.rerun_unkilled:
+            rerun_unkilled(where, args.children)
+        elif not args.summarise_only:
             run(stage(group, where), args.children)
         summary = summarise(group, results(where), where)
         print(summary)
