@@ -96,8 +96,8 @@ def rerun_unkilled(where: Path, children: int) -> None:
     """After adding tests: bring the repository's tests into a staged run and test again only the mutants it has not
     killed (survivors, mutants without tests, and those a stopped run never reached); killed ones stay killed, since
     tests were only added. mutmut maps the new tests to the functions they reach before running."""
-    shutil.copytree(ROOT / "tests", where / "mutants" / "adadiff" / "tests", dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("__pycache__"))
+    for copy in (where / "adadiff" / "tests", where / "mutants" / "adadiff" / "tests"):
+        shutil.copytree(ROOT / "tests", copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     names = [line.strip().rsplit(": ", 1)[0] for line in results(where).splitlines()
              if ": " in line and line.strip().rsplit(": ", 1)[1] not in ("killed", "timeout")]
     if names:
