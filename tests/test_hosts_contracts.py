@@ -5,6 +5,8 @@ the mutation run (`make mutation`) cannot follow; these call the same functions 
 job object is the narrowest seam job.py reads and writes on the webui's processing object: ``steps``,
 ``extra_generation_params`` and ``comment``.
 """
+import logging
+
 import pytest
 
 from adadiff.a1111_script.job import JOB_ATTRIBUTE, choose_batch_steps, current_job, start_job
@@ -75,7 +77,7 @@ def test_a_batch_runs_the_policys_choice_and_says_so(capsys):
     assert p.comments == [said] and capsys.readouterr().out == said + "\n"
 
 
-@pytest.mark.parametrize("max_steps, above_max", [(150, ""), (2, ", above Max steps 2")])
+@pytest.mark.parametrize("max_steps, above_max", [(150, ""), (8, ""), (2, ", above Max steps 2")])
 def test_a_sampler_needing_more_steps_wins_and_is_named(max_steps, above_max):
     """A count below the sampler's least is raised to it, and the line says why (and when that breaks Max steps)."""
     p, job = started(("fast.safetensors", 0.0, 1, max_steps), policy_preferring(0))  # 5 steps, or 2 at max 2
@@ -111,3 +113,41 @@ def test_a_failing_text_encoder_keeps_the_users_steps_and_names_the_error():
     assert choose_batch_steps(p, job, ["a cat"], broken) is None and p.steps == USER_STEPS
     assert p.extra_generation_params[ERROR_KEY] == ("reading the prompts with the checkpoint's text encoder failed "
                                                     "(RuntimeError('out of memory')); ran the requested 20 steps")
+
+
+@pytest.mark.parametrize("controls, steps", [
+    (("even.safetensors", 1.0, 1, 150), 50),  # the knob at +1: the most steps
+    (("even.safetensors", -1.0, 1, 150), 5),  # at -1: the fewest
+    (("even.safetensors", -1.0, 12, 150), 12),  # the user's min wins
+])
+def test_the_jobs_knob_and_limits_reach_the_decision(controls, steps):
+    """A policy with no preference of its own (equal logits) goes where the job's knob and limits send it."""
+    even = policy_preferring(0, margin=0.0)
+    p, job = started(controls, even)
+    assert choose_batch_steps(p, job, ["a cat"], encode).steps == steps and p.steps == steps
+
+
+def test_the_console_log_holds_the_full_decision_and_each_problem(caplog):
+    """INFO: the choice's whole summary; ERROR: each problem with the note the user sees, and the encoder's
+    traceback."""
+    caplog.set_level(logging.INFO, logger="adadiff.a1111_script.job")
+    p, job = started()
+    choice = choose_batch_steps(p, job, ["a cat"], encode)
+
+    def broken(prompts):
+        raise RuntimeError("out of memory")
+
+    choose_batch_steps(p, job, ["a cat"], broken)
+    records = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    note = p.extra_generation_params[ERROR_KEY]
+    assert records == [(logging.INFO, choice.summary(), False),
+                       (logging.ERROR, "AdaDiff: reading the prompts with the checkpoint's text encoder failed", True),
+                       (logging.ERROR, f"AdaDiff: {note}", False)]
+
+
+def test_settings_accept_the_knobs_ends_and_say_exactly_when_no_policy_is_picked():
+    assert StepSettings("p.safetensors", 1.0).knob == 1.0 and StepSettings("p.safetensors", -1.0).knob == -1.0
+    with pytest.raises(ValueError) as error:
+        StepSettings.from_controls("  ", 0, 1, 150)
+    assert str(error.value) == ("no policy selected: put a policy file in models/adadiff/ and pick it in the AdaDiff "
+                                "controls (or name it in the API arguments)")
