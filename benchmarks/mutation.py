@@ -58,6 +58,18 @@ GROUPS = {
     },
 }
 
+# Surviving mutants judged equivalent (no input the code accepts tells them apart), one per line with the reason after
+# "#"; benchmarks/results/mutation.md explains each. A rerun skips them and the summary marks them.
+EQUIVALENT = ROOT / "benchmarks" / "results" / "mutation_equivalent.txt"
+
+
+def equivalent() -> dict[str, str]:
+    if not EQUIVALENT.exists():
+        return {}
+    entries = (line.split("#", 1) for line in EQUIVALENT.read_text(encoding="utf-8").splitlines() if line.strip())
+    return {name.strip(): (reason[0].strip() if reason else "") for name, *reason in entries}
+
+
 # Never copied into the stage: the environment, caches and earlier runs.
 SKIP = {".venv", ".cache", ".git", "build", "mutants", "__pycache__", ".pytest_cache", ".hypothesis", "outputs"}
 
@@ -99,7 +111,8 @@ def rerun_unkilled(where: Path, children: int) -> None:
     for copy in (where / "adadiff" / "tests", where / "mutants" / "adadiff" / "tests"):
         shutil.copytree(ROOT / "tests", copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     names = [line.strip().rsplit(": ", 1)[0] for line in results(where).splitlines()
-             if ": " in line and line.strip().rsplit(": ", 1)[1] not in ("killed", "timeout")]
+             if ": " in line and line.strip().rsplit(": ", 1)[1] not in ("killed", "timeout")
+             and line.strip().rsplit(": ", 1)[0] not in equivalent()]
     if names:
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names], cwd=where,
                        env=_env(), check=True)
@@ -133,13 +146,18 @@ def summarise(group: str, verdicts: str, where: Path | None = None) -> str:
         killed = len(statuses.get("killed", [])) + len(statuses.get("timeout", []))
         not_run = len(statuses.get("not checked", []))
         tried = sum(len(names) for names in statuses.values()) - not_run
+        unkilled = [n for status, names in statuses.items() if status not in ("killed", "timeout", "not checked")
+                    for n in names]
+        same = sum(name in equivalent() for name in unkilled)
         line = (f"{module}: {tried} mutants tried, {killed} killed, {tried - killed} not killed "
-                f"({100 * (tried - killed) / max(tried, 1):.1f}% surviving)")
+                f"({100 * (tried - killed) / max(tried, 1):.1f}% surviving; {same} of them equivalent)")
         out.append(line + (f"; {not_run} not run" if not_run else ""))
         for status, names in sorted(statuses.items()):
             if status not in ("killed", "timeout", "not checked"):
                 for name in sorted(names):
-                    left_out += [f"  {status}: {name}"] + (changed_lines(where, name) if where else [])
+                    reason = equivalent().get(name)
+                    mark = f" (equivalent: {reason})" if reason is not None else ""
+                    left_out += [f"  {status}: {name}{mark}"] + (changed_lines(where, name) if where else [])
     return "\n".join([f"mutmut {group}"] + out + ["not killed:"] + left_out) + "\n"
 
 
