@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from adadiff.policy import PolicyFeatures
+from adadiff.policy import PolicyConfig, PolicyFeatures, choose_steps, init_policy
 from adadiff.trainer.config import FitSettings
-from adadiff.trainer.evaluate import evaluate_choices
+from adadiff.trainer.evaluate import evaluate_choices, evaluate_policy, policy_choices
 from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info
 from adadiff.trainer.table import (MEASURED, TABLE_FORMAT, TABLE_VERSION, RewardTable, TableFolder, chunk_count,
                                    features_name, load_table, probe_name, reference_name, unit_name)
@@ -149,9 +149,76 @@ def test_a_table_written_in_chunks_loads_as_one(tmp_path):
     assert table.features.tokens[2, :2].eq(2).all() and table.features.tokens[2, 2:].eq(0).all()
     assert torch.equal(table.features.pooled[:, 0], torch.tensor([1.0, 1.0, 2.0]))
     assert (table.prompts, table.options, table.seeds) == (("a", "b", "c"), (5, 10), (0, 3))
-    halves = table.seed_subset([1])
-    assert halves.seeds == (3,) and torch.equal(halves.iqs, expected[:, 1:]) and torch.equal(
-        halves.measured, table.measured[:, 1:])
-    rows = table.subset([2, 0])
-    assert rows.prompts == ("c", "a") and torch.equal(rows.iqs, expected[[2, 0]])
-    assert torch.equal(rows.features.pooled, table.features.pooled[[2, 0]]) and set(rows.components) == {"clip"}
+    assert_same_table(table.seed_subset([1]), table, rows=[0, 1, 2], seeds=[1])
+    assert_same_table(table.subset([2, 0]), table, rows=[2, 0], seeds=[0, 1])
+    assert_same_table(table.subset(torch.tensor([1])), table, rows=[1], seeds=[0, 1])
+
+
+def assert_same_table(part: RewardTable, table: RewardTable, rows: list[int], seeds: list[int]):
+    """``part`` holds exactly the given rows (prompts) and seed positions of ``table``, every field."""
+    r, s = torch.tensor(rows), torch.tensor(seeds)
+    assert part.prompts == tuple(table.prompts[i] for i in rows) and part.options == table.options
+    assert part.seeds == tuple(table.seeds[i] for i in seeds) and part.description == table.description
+    for name in ("tokens", "mask", "pooled"):
+        assert torch.equal(getattr(part.features, name), getattr(table.features, name)[r])
+    for mine, whole in [(part.iqs, table.iqs), (part.time_s, table.time_s), (part.measured, table.measured),
+                        *((part.components[k], table.components[k]) for k in table.components)]:
+        assert torch.equal(mine, whole[r][:, s])
+    assert set(part.components) == set(table.components)
+
+
+def test_a_policy_is_judged_on_every_prompt_of_a_table_larger_than_one_decision_batch():
+    """Tables of any size are decided in batches, pooled vector included; each prompt gets its own decision."""
+    n = 300  # more than one decision batch (256)
+    generator = torch.Generator().manual_seed(1)
+    features = PolicyFeatures(torch.randn(n, 3, 8, generator=generator).half(), torch.ones(n, 3, dtype=torch.bool),
+                              torch.randn(n, 4, generator=generator))
+    iqs = torch.rand(n, 1, 3, generator=generator)
+    table = RewardTable(tuple(f"p{i}" for i in range(n)), OPTIONS, (0,), features, iqs, {}, torch.ones_like(iqs), {})
+    policy = init_policy(PolicyConfig(options=OPTIONS, token_dim=8, pooled_dim=4, width=8, heads=2, depth=1), seed=2)
+    with torch.no_grad():
+        policy.head[-1].weight.mul_(50)  # decisions that differ from prompt to prompt
+    alone = [OPTIONS.index(choose_steps(policy, PolicyFeatures(features.tokens[i:i + 1], features.mask[i:i + 1],
+                                                               features.pooled[i:i + 1])).steps) for i in range(n)]
+    picks = policy_choices(policy, table)
+    assert picks.tolist() == alone and len(set(alone)) > 1
+
+
+@pytest.mark.parametrize("objective, tolerance", [("quality", 5.0), ("reinforce", 1.0)])
+def test_the_oracle_uses_a_quality_policys_own_tolerance(objective, tolerance):
+    """A quality policy is judged at the tolerance it was trained for; a REINFORCE policy at the default 1%."""
+    policy = init_policy(PolicyConfig(options=(10, 20, 30), token_dim=8, width=8, heads=2, depth=1,
+                                      objective=objective, tolerance_pct=5.0), seed=0)
+    table = quality_table([[0.9, 0.9, 0.9], [0.5, 0.9, 0.9], [0.3, 0.6, 0.9], [0.9, 0.95, 0.9]], (10, 20, 30))
+    assert evaluate_policy(policy, table)["tolerance_pct"] == tolerance
+
+
+@pytest.mark.parametrize("halves, share", [
+    ([[1.0, 1.0], [0.5, 1.0]], -1.0),  # prompt 0 easy on seed 0 only, prompt 1 on seed 1 only: the halves disagree
+])
+def test_the_split_half_correlation_keeps_its_sign(halves, share):
+    table = two_seed_table([halves, halves[::-1]], (10, 20))
+    cross = evaluate_choices(table, torch.tensor([1, 1]))["cross_seed_oracle"]
+    assert cross["share_of_spread_from_prompt"] == pytest.approx(share)
+
+
+def test_a_split_half_spread_of_exactly_one_step_is_still_correlated():
+    """Choices 1, 2, 3 steps on both halves: standard deviation 1, correlation 1 (not 'no spread')."""
+    rows = [[[1.0, 1.0, 1.0]] * 2, [[0.5, 1.0, 1.0]] * 2, [[0.5, 0.5, 1.0]] * 2]
+    cross = evaluate_choices(two_seed_table(rows, (1, 2, 3)), torch.tensor([2, 2, 2]))["cross_seed_oracle"]
+    assert cross["share_of_spread_from_prompt"] == pytest.approx(1.0)
+
+
+def two_seed_table(quality, options) -> RewardTable:
+    iqs = torch.tensor(quality, dtype=torch.float32)  # [N, 2 seeds, O]
+    features = PolicyFeatures(torch.randn(len(iqs), 3, 8).half(), torch.ones(len(iqs), 3, dtype=torch.bool))
+    return RewardTable(tuple(f"p{i}" for i in range(len(iqs))), options, (0, 1), features, iqs, {},
+                       torch.ones_like(iqs), {})
+
+
+def test_a_batch_baseline_changes_what_sampled_reinforce_learns():
+    """With sampled actions the baseline is subtracted from each sampled reward, so 'batch' and 'none' differ."""
+    table = tiny_table(n=12)
+    fits = [fit_policy(table, FitSettings(objective="reinforce", estimator="sampled", baseline=baseline, **FAST),
+                       show_progress=False).policy.state_dict() for baseline in ("batch", "none")]
+    assert not all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])
