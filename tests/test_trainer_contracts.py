@@ -152,6 +152,9 @@ def test_a_table_written_in_chunks_loads_as_one(tmp_path):
     assert_same_table(table.seed_subset([1]), table, rows=[0, 1, 2], seeds=[1])
     assert_same_table(table.subset([2, 0]), table, rows=[2, 0], seeds=[0, 1])
     assert_same_table(table.subset(torch.tensor([1])), table, rows=[1], seeds=[0, 1])
+    plain = tiny_table(n=4)  # no pooled vector, no measured flags
+    assert_same_table(plain.subset([3, 1]), plain, rows=[3, 1], seeds=[0, 1])
+    assert_same_table(plain.seed_subset([1, 0]), plain, rows=[0, 1, 2, 3], seeds=[1, 0])
 
 
 def assert_same_table(part: RewardTable, table: RewardTable, rows: list[int], seeds: list[int]):
@@ -159,11 +162,12 @@ def assert_same_table(part: RewardTable, table: RewardTable, rows: list[int], se
     r, s = torch.tensor(rows), torch.tensor(seeds)
     assert part.prompts == tuple(table.prompts[i] for i in rows) and part.options == table.options
     assert part.seeds == tuple(table.seeds[i] for i in seeds) and part.description == table.description
-    for name in ("tokens", "mask", "pooled"):
-        assert torch.equal(getattr(part.features, name), getattr(table.features, name)[r])
+    for mine, whole in [(part.features.tokens, table.features.tokens), (part.features.mask, table.features.mask),
+                        (part.features.pooled, table.features.pooled)]:
+        assert mine is None if whole is None else torch.equal(mine, whole[r])
     for mine, whole in [(part.iqs, table.iqs), (part.time_s, table.time_s), (part.measured, table.measured),
                         *((part.components[k], table.components[k]) for k in table.components)]:
-        assert torch.equal(mine, whole[r][:, s])
+        assert mine is None if whole is None else torch.equal(mine, whole[r][:, s])
     assert set(part.components) == set(table.components)
 
 
