@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from adadiff.policy import PolicyConfig, StepChoice, init_policy
+from adadiff.policy import PolicyConfig, PolicyFeatures, StepChoice, init_policy
 from adadiff.policy.decision import choose_steps, first_within
+from adadiff.policy.errors import FeatureMismatchError
 from adadiff.policy.network import normalise_tokens
 from policy_helpers import policy_preferring, random_conditioning
 
@@ -117,3 +118,35 @@ def test_each_refused_config_says_exactly_what_is_wrong(settings, message):
     with pytest.raises(ValueError) as error:
         PolicyConfig(**settings)
     assert str(error.value) == message
+
+
+def named_policy(info, **settings):
+    policy = init_policy(PolicyConfig(width=8, heads=1, depth=1, **settings), info=info)
+    policy.source = "/models/adadiff/fast.safetensors"
+    return policy
+
+
+@pytest.mark.parametrize("info, settings, conditioning, message", [
+    ({"model_family": "sd15"}, {}, torch.randn(1, 77, 1024),
+     "policy fast.safetensors expects 768-wide conditioning, got 1024: it was trained for sd15; pick a policy made "
+     "for this checkpoint"),
+    ({}, {}, torch.randn(1, 77, 1024),
+     "policy fast.safetensors expects 768-wide conditioning, got 1024: it was trained for another model; pick a "
+     "policy made for this checkpoint"),
+    ({}, {"pooled_dim": 16}, torch.randn(1, 77, 768),
+     "policy fast.safetensors expects a 16-wide pooled text vector, got none: pick a policy made for this checkpoint"),
+    ({}, {"pooled_dim": 16}, PolicyFeatures(torch.randn(1, 77, 768), torch.ones(1, 77, dtype=torch.bool),
+                                            torch.randn(1, 4)),
+     "policy fast.safetensors expects a 16-wide pooled text vector, got 4-wide: pick a policy made for this "
+     "checkpoint"),
+])
+def test_conditioning_of_another_model_is_refused_with_the_exact_reason(info, settings, conditioning, message):
+    with pytest.raises(FeatureMismatchError) as error:
+        choose_steps(named_policy(info, **settings), conditioning)
+    assert str(error.value) == message
+
+
+def test_a_policy_made_without_a_seed_is_seed_zeros():
+    config = PolicyConfig(width=8, heads=1, depth=1)
+    unseeded, zero = init_policy(config).state_dict(), init_policy(config, seed=0).state_dict()
+    assert all(torch.equal(unseeded[k], zero[k]) for k in zero)
