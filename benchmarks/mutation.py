@@ -104,7 +104,7 @@ def run(where: Path, children: int) -> None:
                    check=True)
 
 
-def rerun_unkilled(where: Path, children: int) -> None:
+def rerun_unkilled(where: Path, children: int, survivors_only: bool = False) -> None:
     """After adding tests: bring the repository's tests into a staged run and test again only the mutants it has not
     killed (survivors, mutants without tests, and those a stopped run never reached); killed ones stay killed, since
     tests were only added. mutmut maps the new tests to the functions they reach before running."""
@@ -112,7 +112,8 @@ def rerun_unkilled(where: Path, children: int) -> None:
         shutil.copytree(ROOT / "tests", copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     names = [line.strip().rsplit(": ", 1)[0] for line in results(where).splitlines()
              if ": " in line and line.strip().rsplit(": ", 1)[1] not in ("killed", "timeout")
-             and line.strip().rsplit(": ", 1)[0] not in equivalent()]
+             and line.strip().rsplit(": ", 1)[0] not in equivalent()
+             and not (survivors_only and line.strip().endswith(": not checked"))]
     if names:
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *names], cwd=where,
                        env=_env(), check=True)
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=1, help="mutants tested at once")
     parser.add_argument("--rerun-unkilled", action="store_true",
                         help="in the staged runs, test again with the current tests only the mutants not yet killed")
+    parser.add_argument("--survivors-only", action="store_true",
+                        help="with --rerun-unkilled: only the mutants that ran and survived, not those never reached")
     parser.add_argument("--summarise-only", action="store_true",
                         help="summarise the staged runs as they stand (e.g. one stopped early) without running")
     args = parser.parse_args()
@@ -177,7 +180,7 @@ def main() -> None:
     for group in args.groups:
         where = args.stage / group
         if args.rerun_unkilled:
-            rerun_unkilled(where, args.children)
+            rerun_unkilled(where, args.children, args.survivors_only)
         elif not args.summarise_only:
             run(stage(group, where), args.children)
         summary = summarise(group, results(where), where)
