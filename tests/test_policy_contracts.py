@@ -150,3 +150,15 @@ def test_a_policy_made_without_a_seed_is_seed_zeros():
     config = PolicyConfig(width=8, heads=1, depth=1)
     unseeded, zero = init_policy(config).state_dict(), init_policy(config, seed=0).state_dict()
     assert all(torch.equal(unseeded[k], zero[k]) for k in zero)
+
+
+def test_the_network_is_the_pre_norm_encoder_its_files_were_trained_as():
+    """Saved weights only mean something in the architecture they were trained in: pre-norm attention layers with
+    a feed-forward of width * ff_mult and the config's dropout (a post-norm network would load the same tensors and
+    decide differently)."""
+    config = PolicyConfig(width=16, heads=2, depth=2, ff_mult=3, dropout=0.25)
+    policy = init_policy(config)
+    assert len(policy.encoder.layers) == 2
+    for layer in policy.encoder.layers:
+        assert layer.norm_first is True and layer.self_attn.num_heads == 2 and layer.self_attn.batch_first
+        assert layer.linear1.weight.shape == (48, 16) and layer.dropout.p == 0.25
