@@ -190,11 +190,15 @@ def test_a_policy_is_judged_on_every_prompt_of_a_table_larger_than_one_decision_
 
 @pytest.mark.parametrize("objective, tolerance", [("quality", 5.0), ("reinforce", 1.0)])
 def test_the_oracle_uses_a_quality_policys_own_tolerance(objective, tolerance):
-    """A quality policy is judged at the tolerance it was trained for; a REINFORCE policy at the default 1%."""
+    """A quality policy is judged at the tolerance it was trained for, a REINFORCE policy at the default 1%; the
+    report names the policy's objective and file."""
     policy = init_policy(PolicyConfig(options=(10, 20, 30), token_dim=8, width=8, heads=2, depth=1,
                                       objective=objective, tolerance_pct=5.0), seed=0)
+    policy.source = "/models/adadiff/judged.safetensors"
     table = quality_table([[0.9, 0.9, 0.9], [0.5, 0.9, 0.9], [0.3, 0.6, 0.9], [0.9, 0.95, 0.9]], (10, 20, 30))
-    assert evaluate_policy(policy, table)["tolerance_pct"] == tolerance
+    report = evaluate_policy(policy, table)
+    assert report["tolerance_pct"] == tolerance
+    assert report["policy"]["objective"] == objective and report["policy"]["file"] == "judged.safetensors"
 
 
 @pytest.mark.parametrize("halves, share", [
