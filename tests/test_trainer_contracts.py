@@ -230,3 +230,11 @@ def test_a_batch_baseline_changes_what_sampled_reinforce_learns():
     fits = [fit_policy(table, FitSettings(objective="reinforce", estimator="sampled", baseline=baseline, **FAST),
                        show_progress=False).policy.state_dict() for baseline in ("batch", "none")]
     assert not all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])
+
+
+@pytest.mark.parametrize("baseline, expected", [("batch", 2.0), ("none", 0.0)])
+def test_the_batch_baseline_is_the_batch_mean_and_none_is_zero(baseline, expected):
+    """The baseline subtracted from sampled rewards: the batch's mean reward, or nothing."""
+    from adadiff.trainer.fit import _batch_or_zero
+
+    assert _batch_or_zero(torch.tensor([[1.0, 3.0], [0.0, 4.0]]), FitSettings(baseline=baseline)).item() == expected
