@@ -238,3 +238,22 @@ def test_the_batch_baseline_is_the_batch_mean_and_none_is_zero(baseline, expecte
     from adadiff.trainer.fit import _batch_or_zero
 
     assert _batch_or_zero(torch.tensor([[1.0, 3.0], [0.0, 4.0]]), FitSettings(baseline=baseline)).item() == expected
+
+
+def test_two_prompts_have_standard_errors_and_the_blend_uses_the_neighbours_of_the_mean():
+    """Mean 25 steps of (10, 20, 30) blends 20 and 30 half and half; SEs exist from two prompts on; the IQS drop
+    is in % of the largest option's IQS."""
+    table = quality_table([[0.5, 0.8, 0.9], [0.4, 0.6, 1.0]], (10, 20, 30))
+    report = evaluate_choices(table, torch.tensor([1, 2]))
+    matched = torch.tensor([0.85, 0.8])  # half of 20 steps' IQS plus half of 30 steps'
+    se = matched.std().item() / math.sqrt(2)
+    assert report["fixed_matched"]["options"] == [20, 30] and report["fixed_matched"]["weight_of_lower"] == 0.5
+    assert report["fixed_matched"]["iqs"] == pytest.approx(0.825) and report["fixed_matched"]["iqs_se"] == (
+        pytest.approx(se))
+    assert report["random_same_distribution"]["iqs_se"] == pytest.approx(se)
+    assert report["iqs_drop_vs_max_pct"] == pytest.approx(100 * (0.95 - 0.9) / 0.95)
+
+
+def test_one_prompt_has_no_standard_error():
+    report = evaluate_choices(quality_table([[0.5, 0.8, 0.9]], (10, 20, 30)), torch.tensor([2]))
+    assert math.isnan(report["policy"]["iqs_se"]) and math.isnan(report["fixed"]["10"]["iqs_se"])
