@@ -257,3 +257,12 @@ def test_two_prompts_have_standard_errors_and_the_blend_uses_the_neighbours_of_t
 def test_one_prompt_has_no_standard_error():
     report = evaluate_choices(quality_table([[0.5, 0.8, 0.9]], (10, 20, 30)), torch.tensor([2]))
     assert math.isnan(report["policy"]["iqs_se"]) and math.isnan(report["fixed"]["10"]["iqs_se"])
+
+
+def test_the_cross_seed_oracle_splits_any_number_of_seeds_into_even_and_odd_halves():
+    """Four seeds: seeds 0 and 2 choose 10 steps, seeds 1 and 3 (one of them losing half at 10) choose 20."""
+    seeds = [[1.0, 1.0], [1.0, 1.0], [1.0, 1.0], [0.5, 1.0]]
+    iqs = torch.tensor([seeds])  # [1 prompt, 4 seeds, 2 options]
+    features = PolicyFeatures(torch.randn(1, 3, 8).half(), torch.ones(1, 3, dtype=torch.bool))
+    table = RewardTable(("p0",), (10, 20), (0, 1, 2, 3), features, iqs, {}, torch.ones_like(iqs), {})
+    assert evaluate_choices(table, torch.tensor([1]))["cross_seed_oracle"]["mean_steps"] == pytest.approx(15.0)
