@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.adadiff-installed
 
-.PHONY: demo test install embedded-model benchmark known-answer
+.PHONY: demo test install embedded-model benchmark known-answer mutation
 
 install: $(STAMP)
 
@@ -37,3 +37,9 @@ known-answer: $(STAMP)
 	for objective in quality reinforce; do OMP_NUM_THREADS=1 $(PY) benchmarks/known_answer.py --threads 1 \
 	  --objective $$objective --out benchmarks/results/known_answer_$$objective.json \
 	  | tee benchmarks/results/known_answer_$$objective.txt || exit 1; done
+
+# Mutation testing of the decision paths (policy/, trainer fit/evaluate/table, the hosts' step choice); slow, not
+# part of CI. Results: benchmarks/results/mutation_<group>.txt, explained in benchmarks/results/mutation.md.
+mutation: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[mutation]"
+	OMP_NUM_THREADS=1 $(PY) benchmarks/mutation.py $(GROUPS)

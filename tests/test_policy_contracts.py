@@ -1,0 +1,164 @@
+"""Exact promises of the policy's decision and network that the mutation run (`make mutation`) found unguarded."""
+import pytest
+import torch
+
+from adadiff.policy import PolicyConfig, PolicyFeatures, StepChoice, init_policy
+from adadiff.policy.decision import choose_steps, first_within
+from adadiff.policy.errors import FeatureMismatchError
+from adadiff.policy.network import normalise_tokens
+from policy_helpers import policy_preferring, random_conditioning
+
+
+def test_a_reinforce_summary_reads_exactly_one_line_per_prompt():
+    """The console line the hosts print: chosen steps, then each prompt's distribution to two decimals."""
+    choice = StepChoice(20, (20, 10), torch.tensor([[0.125, 0.875], [0.5, 0.5]]), (10, 20))
+    assert choice.summary() == ("AdaDiff: 20 steps\n"
+                                "prompt 0: 20 steps (10:0.12, 20:0.88)\n"
+                                "prompt 1: 10 steps (10:0.50, 20:0.50)")
+
+
+def test_a_loss_exactly_at_the_tolerance_is_accepted():
+    """'Within the tolerance' includes the tolerance itself: 1.0% loss is taken at a 1% tolerance."""
+    losses = torch.tensor([[2.0, 1.0, 0.0], [1.0, 0.5, 0.0]])
+    assert first_within(losses, 1.0).tolist() == [1, 0]
+
+
+def test_the_pre_normalised_path_reads_the_pooled_vector():
+    """The trainer's path gives the host's outputs for an SDXL-like policy too: the pooled vector is not dropped."""
+    config = PolicyConfig(token_dim=48, pooled_dim=24, width=16, heads=2, depth=1, dropout=0.0)
+    policy = init_policy(config, seed=3)
+    tokens, mask, pooled = 3 * torch.randn(2, 7, 48), torch.ones(2, 7, dtype=torch.bool), 4 * torch.randn(2, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(policy.forward_normalised(normalise_tokens(tokens), mask, pooled),
+                                   policy(tokens, mask, pooled), atol=1e-4, rtol=1e-4)
+
+
+def small_policy(**settings):
+    return init_policy(PolicyConfig(token_dim=32, width=16, heads=2, depth=2, dropout=0.0, **settings), seed=5)
+
+
+def test_a_prompt_decides_alike_alone_and_in_a_batch():
+    """Each prompt's outputs are its own: batching prompts of different lengths changes nothing."""
+    policy = small_policy()
+    tokens, mask = 3 * torch.randn(2, 9, 32), torch.ones(2, 9, dtype=torch.bool)
+    mask[1, 4:] = False
+    with torch.no_grad():
+        together = policy(tokens, mask)
+        alone = torch.cat([policy(tokens[i:i + 1], mask[i:i + 1]) for i in range(2)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_a_single_real_token_pools_to_its_own_state():
+    """Mean pooling over real tokens: one real token among padding gives the outputs of that token repeated."""
+    policy = small_policy()
+    token = 3 * torch.randn(1, 1, 32)
+    padded = torch.cat([token, 5 * torch.randn(1, 6, 32)], 1)
+    mask = torch.zeros(1, 7, dtype=torch.bool)
+    mask[0, 0] = True
+    with torch.no_grad():
+        torch.testing.assert_close(policy(padded, mask), policy(token.expand(1, 7, 32), torch.ones(1, 7, dtype=torch.bool)),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("limit", [1, 7])
+def test_equal_limits_down_to_one_step_are_a_valid_request(limit):
+    """min_steps == max_steps pins the count, 1 included: the smallest limits a user may give are accepted."""
+    policy = policy_preferring(3)  # 20 steps on its own
+    assert choose_steps(policy, random_conditioning(), min_steps=limit, max_steps=limit).per_prompt == (limit,)
+    assert choose_steps(policy, random_conditioning(), min_steps=1).steps == 20
+
+
+def policy_with_logits(logits, options):
+    """A real REINFORCE policy whose head ignores the prompt and outputs ``logits``."""
+    policy = init_policy(PolicyConfig(options=options, width=8, heads=1, depth=1), seed=0)
+    with torch.no_grad():
+        policy.head[-1].weight.zero_()
+        policy.head[-1].bias.copy_(torch.tensor(logits))
+    return policy
+
+
+@pytest.mark.parametrize("bias, steps", [(0.79, 10), (0.81, 20)])
+def test_the_knob_adds_five_nats_times_the_options_position(bias, steps):
+    """Scores are log p + 5 * bias * position, position 0 at the fewest steps and 1 at the most: 20 of (10, 20, 30)
+    sits at 0.5, so a 2-nat deficit is made up at exactly bias 0.8."""
+    policy = policy_with_logits([0.0, -2.0, -10.0], (10, 20, 30))
+    assert choose_steps(policy, random_conditioning(), quality_bias=bias).steps == steps
+
+
+@pytest.mark.parametrize("settings", [
+    {"options": (1, 2)}, {"options": tuple(range(1, 257))}, {"dropout": 0.0}, {"dropout": 0.999},
+    {"depth": 12}, {"ff_mult": 8}, {"token_dim": 16384, "pooled_dim": 16384}, {"width": 2048, "heads": 64},
+    {"tolerance_pct": 0.001}, {"tolerance_pct": 99.9}, {"pooled_dim": 0}, {"objective": "quality"},
+    {"width": 1, "heads": 1, "depth": 1, "token_dim": 1, "ff_mult": 1},
+])
+def test_configs_at_the_edge_of_each_limit_are_accepted(settings):
+    """Every limit is inclusive where the message says so: a policy file written at a limit loads."""
+    config = PolicyConfig(**settings)
+    assert all(getattr(config, name) == value for name, value in settings.items())
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"options": (1,)}, "a policy needs 2 to 256 step options, got 1"),
+    ({"options": tuple(range(1, 258))}, "a policy needs 2 to 256 step options, got 257"),
+    ({"options": (0, 5)}, "step options must be distinct positive integers in increasing order, got (0, 5)"),
+    ({"options": (5, "10")}, "step option must be a whole number, got '10'"),
+    ({"depth": 13}, "depth must be between 0 and 12, got 13"),
+    ({"heads": -1}, "heads must be between 0 and 64, got -1"),
+    ({"depth": 0}, "depth must be positive, got 0"),
+    ({"dropout": 1.0}, "dropout must be in [0, 1), got 1.0"),
+    ({"dropout": -0.1}, "dropout must be in [0, 1), got -0.1"),
+    ({"dropout": "0.1"}, "dropout must be a number, got str"),
+    ({"tolerance_pct": True}, "tolerance_pct must be a number, got bool"),
+    ({"tolerance_pct": 0.0}, "tolerance_pct must be between 0 and 100, got 0.0"),
+    ({"tolerance_pct": 100.0}, "tolerance_pct must be between 0 and 100, got 100.0"),
+    ({"objective": "fast"}, "objective must be one of reinforce, quality, got 'fast'"),
+    ({"width": 30, "heads": 4}, "width 30 must be divisible by heads 4"),
+])
+def test_each_refused_config_says_exactly_what_is_wrong(settings, message):
+    with pytest.raises(ValueError) as error:
+        PolicyConfig(**settings)
+    assert str(error.value) == message
+
+
+def named_policy(info, **settings):
+    policy = init_policy(PolicyConfig(width=8, heads=1, depth=1, **settings), info=info)
+    policy.source = "/models/adadiff/fast.safetensors"
+    return policy
+
+
+@pytest.mark.parametrize("info, settings, conditioning, message", [
+    ({"model_family": "sd15"}, {}, torch.randn(1, 77, 1024),
+     "policy fast.safetensors expects 768-wide conditioning, got 1024: it was trained for sd15; pick a policy made "
+     "for this checkpoint"),
+    ({}, {}, torch.randn(1, 77, 1024),
+     "policy fast.safetensors expects 768-wide conditioning, got 1024: it was trained for another model; pick a "
+     "policy made for this checkpoint"),
+    ({}, {"pooled_dim": 16}, torch.randn(1, 77, 768),
+     "policy fast.safetensors expects a 16-wide pooled text vector, got none: pick a policy made for this checkpoint"),
+    ({}, {"pooled_dim": 16}, PolicyFeatures(torch.randn(1, 77, 768), torch.ones(1, 77, dtype=torch.bool),
+                                            torch.randn(1, 4)),
+     "policy fast.safetensors expects a 16-wide pooled text vector, got 4-wide: pick a policy made for this "
+     "checkpoint"),
+])
+def test_conditioning_of_another_model_is_refused_with_the_exact_reason(info, settings, conditioning, message):
+    with pytest.raises(FeatureMismatchError) as error:
+        choose_steps(named_policy(info, **settings), conditioning)
+    assert str(error.value) == message
+
+
+def test_a_policy_made_without_a_seed_is_seed_zeros():
+    config = PolicyConfig(width=8, heads=1, depth=1)
+    unseeded, zero = init_policy(config).state_dict(), init_policy(config, seed=0).state_dict()
+    assert all(torch.equal(unseeded[k], zero[k]) for k in zero)
+
+
+def test_the_network_is_the_pre_norm_encoder_its_files_were_trained_as():
+    """Saved weights only mean something in the architecture they were trained in: pre-norm attention layers with
+    a feed-forward of width * ff_mult and the config's dropout (a post-norm network would load the same tensors and
+    decide differently)."""
+    config = PolicyConfig(width=16, heads=2, depth=2, ff_mult=3, dropout=0.25)
+    policy = init_policy(config)
+    assert len(policy.encoder.layers) == 2
+    for layer in policy.encoder.layers:
+        assert layer.norm_first is True and layer.self_attn.num_heads == 2 and layer.self_attn.batch_first
+        assert layer.linear1.weight.shape == (48, 16) and layer.dropout.p == 0.25
