@@ -94,6 +94,9 @@ def test_the_written_out_encoder_layer_is_torchs(grad):
     """Old policy files hold torch's TransformerEncoderLayer weights: the written-out layer must compute what it does,
     padded rows included (compared on their real tokens; torch's fused path zeroes padded ones)."""
     layer = init_policy(PolicyConfig(token_dim=32, width=32, heads=4, depth=1, dropout=0.0)).encoder.layers[0]
+    with torch.no_grad():
+        for parameter in layer.parameters():  # a fitted layer's weights: biases (zero at init) included
+            parameter.normal_(0, 0.3)
     x, mask = torch.randn(3, 12, 32), torch.ones(3, 12, dtype=torch.bool)
     mask[1, 7:] = False
     with torch.set_grad_enabled(grad):
