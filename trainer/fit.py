@@ -7,15 +7,15 @@ predicts, per prompt, each option's quality loss against the largest option, in 
 ``L(x, u) = 100 * (Q(x, U) - Q(x, u)) / |Q(x, U)|`` with ``Q`` the IQS averaged over seeds. The network's head is
 monotone by construction (fewer steps never predict less loss), the fit is a least-squares regression on the loss
 clipped at 20% (decisions fall within the knob's widest tolerance, 10%; beyond that a loss need only be known as
-large, and the clip keeps a 50% loss at 5 steps from drowning the 1% differences that matter). Why not lower: a
-clipped mean understates rare large losses. Measured, one fit each: on the known-answer benchmark at seed noise 0.01
-a clip at 5% kept 93% of the true oracle's saving where 20% kept 87%, but on the embedded demo's table (one seed,
-heavy-tailed losses) the policy then lost 6.0% IQS against 50 steps (clip 10%: 4.8%, 20%: 1.7%, 40%: 2.6%, none:
-2.5%): the benchmark's losses are 0 or over 4%, real ones are not. The decision is
+large, and the clip keeps a 50% loss at 5 steps from drowning the 1% differences that matter), and the decision is
 the fewest steps whose predicted loss is within the tolerance. Least squares estimates the *mean* loss, so an
-option that is sometimes fine and sometimes 7% worse is predicted at its average and not taken at 1%
-(measured on the known-answer benchmark at seed noise 0.01: a log-like ``asinh`` target, whose mean sits below the
-average, took such options and lost 2.3% IQS; the clipped loss lost 0.2-0.8%). Why a regression at all: the target is an average, so seed
+option that is sometimes fine and sometimes 7% worse is predicted at its average and not taken at 1% (measured on
+the known-answer benchmark at seed noise 0.01: a log-like ``asinh`` target, whose mean sits below the average, took
+such options and lost 2.3% IQS; the clipped loss lost 0.2-0.8%). Why not a lower clip: a clipped mean understates
+rare large losses. Measured, one fit each: on the known-answer benchmark at seed noise 0.01 a clip at 5% kept 93%
+of the true oracle's saving where 20% kept 87%, but on the embedded demo's table (one seed, heavy-tailed losses)
+the policy then lost 6.0% IQS against 50 steps (clip 10%: 4.8%, 20%: 1.7%, 40%: 2.6%, none: 2.5%): the benchmark's
+losses are 0 or over 4%, real ones are not. Why a regression at all: the target is an average, so seed
 noise averages out across prompts with similar features instead of being memorised, which is what REINFORCE on
 per-seed top-k ranks did (measured by an outside review: 98% of the true oracle's saving without noise, 62% with
 IQS noise of 0.002). The largest option is the reference rather than the prompt's best option because the maximum
@@ -259,8 +259,10 @@ def fit_policy(table: RewardTable, settings: FitSettings, *, info: dict | None =
     return FitResult(policy, history, summary)
 
 
-VALIDATION_SCORES = {"quality": "minus the mean squared error of the predicted loss (%, clipped at 20), all options",
-                     "reinforce": "mean reward of the argmax choice"}
+VALIDATION_SCORES = {
+    "quality": f"minus the mean squared error of the predicted loss (%, clipped at {LOSS_CLIP_PCT:g}), all options",
+    "reinforce": "mean reward of the argmax choice",
+}
 
 
 def policy_info(description: dict, settings: FitSettings) -> dict:
