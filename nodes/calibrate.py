@@ -16,7 +16,7 @@ import torch
 from comfy_api.latest import io
 
 from ..policy import save_policy
-from ..trainer.cli import _hold_out
+from ..trainer.cli import hold_out
 from ..trainer.config import FitSettings, GenerateSettings, TrainerInputError, parse_int_list
 from ..trainer.evaluate import evaluate_policy
 from ..trainer.fit import fit_policy, policy_info
@@ -90,7 +90,7 @@ class AdaDiffCalibrate(io.ComfyNode):
         prompt_list = _prompt_lines(prompts)
         name = _policy_file_name(policy_name)
         settings = _settings(step_options, seeds, cfg, size, reward, search, f"{sampler_name}/{scheduler}")
-        train_prompts, held_out = _hold_out(prompt_list, 0.2, FitSettings())
+        train_prompts, held_out = hold_out(prompt_list, 0.2, FitSettings())
         prompt_list = train_prompts + held_out
         backend = _reward(reward, settings)
         sampling = {"host": "ComfyUI", "sampler": sampler_name, "scheduler": scheduler, "guidance": cfg,

@@ -237,12 +237,12 @@ def test_held_out_split_is_seeded_disjoint_and_never_empty():
     from adadiff.trainer.config import FitSettings, TrainerInputError
 
     prompts = [f"prompt {i}" for i in range(40)]
-    train, held_out = cli._hold_out(prompts, 0.2, FitSettings())
+    train, held_out = cli.hold_out(prompts, 0.2, FitSettings())
     assert len(held_out) == 8 and sorted(train + held_out) == sorted(prompts)
-    assert cli._hold_out(prompts, 0.2, FitSettings()) == (train, held_out)
-    assert cli._hold_out(prompts, 0.2, FitSettings(fit_seed=5)) != (train, held_out)
+    assert cli.hold_out(prompts, 0.2, FitSettings()) == (train, held_out)
+    assert cli.hold_out(prompts, 0.2, FitSettings(fit_seed=5)) != (train, held_out)
     with pytest.raises(TrainerInputError, match="at least 3"):
-        cli._hold_out(prompts[:2], 0.5, FitSettings())
+        cli.hold_out(prompts[:2], 0.5, FitSettings())
 
 
 def test_held_out_prompts_seen_in_training_are_left_out(capsys):

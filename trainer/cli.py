@@ -164,7 +164,7 @@ def _run(from_file: dict, flags: dict) -> int:
     if job.eval_prompts is not None:
         eval_prompts = _required_prompts(job.eval_prompts)
     else:
-        prompts, eval_prompts = _hold_out(prompts, job.heldout_fraction, build_settings(FitSettings, from_file, flags))
+        prompts, eval_prompts = hold_out(prompts, job.heldout_fraction, build_settings(FitSettings, from_file, flags))
     return _run_prompts(prompts, eval_prompts, from_file, flags, job)
 
 
@@ -282,7 +282,7 @@ def _checked(action, flag: str):
         raise TrainerInputError(f"{flag}: {error}") from None
 
 
-def _hold_out(prompts: list[str], fraction: float, fit_settings: FitSettings) -> tuple[list[str], list[str]]:
+def hold_out(prompts: list[str], fraction: float, fit_settings: FitSettings) -> tuple[list[str], list[str]]:
     """A seeded split of one prompt list into training and held-out prompts."""
     if len(prompts) < 3:
         raise TrainerInputError(f"--prompts holds {len(prompts)} prompt(s); run needs at least 3 (training, "
