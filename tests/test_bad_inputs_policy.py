@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,7 +343,17 @@ def test_concurrent_saves_to_one_path_never_collide(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p != path], "temporary files were left behind"
 
 
-def test_cache_reloads_a_same_size_replacement_that_kept_the_old_mtime(tmp_path):
+def _replace_file(new: Path, path: Path) -> None:
+    os.replace(new, path)  # a new inode, as a download or `mv` gives
+
+
+def _rewrite_in_place(new: Path, path: Path) -> None:
+    with open(path, "r+b") as handle:  # same inode, same size
+        handle.write(new.read_bytes())
+
+
+@pytest.mark.parametrize("put_in_place", [_replace_file, _rewrite_in_place], ids=["replaced", "rewritten-in-place"])
+def test_cache_reloads_a_same_size_file_that_kept_the_old_mtime(tmp_path, put_in_place):
     path = save_policy(init_policy(SMALL, seed=1), tmp_path / "p.safetensors")
     before = os.stat(path)
     cache = PolicyCache()
@@ -350,21 +361,8 @@ def test_cache_reloads_a_same_size_replacement_that_kept_the_old_mtime(tmp_path)
     retrained = init_policy(SMALL, seed=2)
     replacement = save_policy(retrained, tmp_path / "new.safetensors")
     assert replacement.stat().st_size == before.st_size
-    os.utime(replacement, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or an archive would
-    os.replace(replacement, path)
+    put_in_place(replacement, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `cp -p` or an archive would
     reloaded = cache.load(path)
     assert reloaded is not first
     assert torch.equal(reloaded.state_dict()["head.2.bias"], retrained.state_dict()["head.2.bias"])
-
-
-def test_cache_reloads_a_same_size_file_rewritten_in_place_with_the_old_mtime(tmp_path):
-    path = save_policy(init_policy(SMALL, seed=1), tmp_path / "p.safetensors")
-    before = os.stat(path)
-    cache = PolicyCache()
-    first = cache.load(path)
-    retrained = init_policy(SMALL, seed=2)
-    data = save_policy(retrained, tmp_path / "new.safetensors").read_bytes()
-    with open(path, "r+b") as handle:  # same inode, same size
-        handle.write(data)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert cache.load(path) is not first
