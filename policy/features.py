@@ -123,6 +123,11 @@ def _from_tensors(tokens: list[torch.Tensor], pooled: list[torch.Tensor] | None)
     widths = {t.shape[-1] for t in tokens}
     if len(widths) > 1:
         raise ValueError(f"conditioning entries have different widths {sorted(widths)}: they come from different models")
+    pooled = None if pooled is None else [p.unsqueeze(0) if p.dim() == 1 else p for p in pooled]
+    if len(tokens) == 1:  # the common case: nothing to pad or stack, so no copy of the token states
+        only = tokens[0]
+        mask = torch.ones(only.shape[:2], dtype=torch.bool, device=only.device)
+        return PolicyFeatures(only, mask, None if pooled is None else pooled[0].to(only.device, only.dtype))
     longest = max(t.shape[1] for t in tokens)
     device, dtype = tokens[0].device, tokens[0].dtype
     padded, masks = [], []
@@ -135,6 +140,5 @@ def _from_tensors(tokens: list[torch.Tensor], pooled: list[torch.Tensor] | None)
         masks.append(mask)
     pooled_batch = None
     if pooled is not None:
-        pooled = [p.unsqueeze(0) if p.dim() == 1 else p for p in pooled]
         pooled_batch = torch.cat([p.to(device, dtype) for p in pooled], 0)
     return PolicyFeatures(torch.cat(padded, 0), torch.cat(masks, 0), pooled_batch)
