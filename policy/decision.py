@@ -13,7 +13,7 @@ import torch
 
 from .errors import FeatureMismatchError
 from .features import PolicyFeatures, check_values, policy_features
-from .network import StepPolicy
+from .network import CALIBRATED_BIASES, PolicyConfig, StepPolicy
 
 # Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
 QUALITY_BIAS_SCALE = 5.0
@@ -31,6 +31,7 @@ class StepChoice:
     options: tuple[int, ...]
     predicted_loss_pct: torch.Tensor | None = None  # [B, n_options] a quality policy's predicted losses, in %
     tolerance_pct: float | None = None  # the loss a quality policy accepted, after the knob
+    threshold_pct: float | None = None  # the predicted loss a quality policy took per prompt to keep that tolerance
 
     def summary(self) -> str:
         """One readable line per prompt: chosen steps and what the policy saw in each option."""
@@ -38,8 +39,10 @@ class StepChoice:
             lines = [f"AdaDiff: {self.steps} steps"]
             rows, unit = self.probs.tolist(), "{:.2f}"
         else:
-            lines = [f"AdaDiff: {self.steps} steps (fewest whose predicted quality is within {self.tolerance_pct:.2g}% "
-                     f"of {self.options[-1]} steps; predicted loss in % per option)"]
+            calibrated = (f", calibrated for {self.tolerance_pct:.2g}% on average"
+                          if self.threshold_pct != self.tolerance_pct else "")
+            lines = [f"AdaDiff: {self.steps} steps (fewest whose predicted quality is within {self.threshold_pct:.2g}% "
+                     f"of {self.options[-1]} steps{calibrated}; predicted loss in % per option)"]
             rows, unit = self.predicted_loss_pct.tolist(), "{:.2f}%"
         for index, (steps, row) in enumerate(zip(self.per_prompt, rows)):
             dist = ", ".join(f"{o}:{unit.format(v)}" for o, v in zip(self.options, row))
@@ -118,9 +121,10 @@ def choose_steps(
     outputs = option_logits(policy, conditioning)
     options = policy.config.options
     if policy.config.objective == "quality":
-        tolerance = policy.config.tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias
-        indices = first_within(outputs, tolerance)
-        extras = {"probs": None, "predicted_loss_pct": outputs, "tolerance_pct": tolerance}
+        threshold = loss_threshold(policy.config, quality_bias)
+        indices = first_within(outputs, threshold)
+        extras = {"probs": None, "predicted_loss_pct": outputs, "threshold_pct": threshold,
+                  "tolerance_pct": policy.config.tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias}
     else:
         log_probs = torch.log_softmax(outputs, -1)
         position = torch.tensor([(o - options[0]) / (options[-1] - options[0]) for o in options])
@@ -135,6 +139,24 @@ def choose_steps(
             steps = min(steps, max_steps)
         per_prompt.append(steps)
     return StepChoice(max(per_prompt), tuple(per_prompt), options=options, **extras)
+
+
+def loss_threshold(config: PolicyConfig, quality_bias: float) -> float:
+    """A quality policy's threshold on each prompt's predicted loss at this knob position: the tolerance itself, or,
+    for a calibrated policy, the threshold held-out prompts showed keeps their average loss within the tolerance
+    (interpolated between the calibrated positions; beyond them scaled as the tolerance is, by 10 per unit)."""
+    calibrated = config.calibrated_thresholds_pct
+    if not calibrated:
+        return config.tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias
+    low, high = CALIBRATED_BIASES[0], CALIBRATED_BIASES[-1]
+    if quality_bias <= low:
+        return calibrated[0] / TOLERANCE_BIAS_BASE ** (quality_bias - low)
+    if quality_bias >= high:
+        return calibrated[-1] / TOLERANCE_BIAS_BASE ** (quality_bias - high)
+    upper = next(i for i, bias in enumerate(CALIBRATED_BIASES) if bias >= quality_bias)  # >= 1: bias > low
+    left, right = CALIBRATED_BIASES[upper - 1], CALIBRATED_BIASES[upper]
+    share = (quality_bias - left) / (right - left)
+    return calibrated[upper - 1] + share * (calibrated[upper] - calibrated[upper - 1])
 
 
 def first_within(losses: torch.Tensor, tolerance: float) -> torch.Tensor:

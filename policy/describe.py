@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .fileformat import read_metadata
+from .network import CALIBRATED_BIASES
 
 MAX_SHOWN_CHARACTERS = 200  # per metadata value: a file cannot fill the screen
 
@@ -36,6 +37,11 @@ def describe(path: Path) -> str:
 
 def _decision_rule(config: dict) -> str:
     """The objective in words: what the policy's choice promises."""
+    if config["objective"] == "quality" and config["calibrated_thresholds_pct"]:
+        threshold = config["calibrated_thresholds_pct"][CALIBRATED_BIASES.index(0.0)]
+        return (f"predicted quality (at most {config['tolerance_pct']:g}% less IQS than {config['options'][-1]} "
+                f"steps on average over held-out prompts: each prompt takes the fewest steps whose predicted loss is "
+                f"within {threshold:.3g}%; the quality knob divides the accepted loss by 10 per unit)")
     if config["objective"] == "quality":
         return (f"predicted quality (the fewest steps whose IQS is predicted within {config['tolerance_pct']:g}% of "
                 f"{config['options'][-1]} steps; the quality knob divides that by 10 per unit)")

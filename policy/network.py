@@ -22,6 +22,8 @@ from torch import nn
 
 PAPER_OPTIONS = (5, 10, 15, 20, 25, 30, 35, 40, 45, 50)
 OBJECTIVES = ("reinforce", "quality")
+# Quality knob positions at which `fit` calibrates a quality policy's per-prompt threshold (see `PolicyConfig`).
+CALIBRATED_BIASES = (-1.0, -0.75, -0.5, -0.25, 0.0, 0.25, 0.5, 0.75, 1.0)
 
 
 # Upper bounds that keep a crafted file from making the loader allocate gigabytes.
@@ -32,6 +34,20 @@ def _whole_number(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return value
+
+
+def _thresholds(values) -> tuple[float, ...]:
+    """Calibrated thresholds as a tuple, or a clear refusal: one finite, non-negative number per knob position, never
+    growing as the knob asks for more quality (or the knob could lower the steps)."""
+    if not isinstance(values, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, (int, float))
+                                                    for v in values):
+        raise ValueError(f"calibrated_thresholds_pct must be a list of numbers, got {values!r}"[:200])
+    values = tuple(float(v) for v in values)
+    if values and (len(values) != len(CALIBRATED_BIASES) or not all(0.0 <= v < float("inf") for v in values)
+                   or any(later > earlier for earlier, later in zip(values, values[1:]))):
+        raise ValueError(f"calibrated_thresholds_pct must hold {len(CALIBRATED_BIASES)} finite, non-negative, "
+                         f"non-increasing numbers, got {values}"[:200])
+    return values
 
 
 @dataclass(frozen=True)
@@ -48,9 +64,14 @@ class PolicyConfig:
     dropout: float = 0.1
     objective: str = "reinforce"  # files written before objectives existed are REINFORCE policies
     tolerance_pct: float = 1.0  # quality objective: accepted loss against the largest option, % of its IQS
+    # Quality objective: the threshold on each prompt's predicted loss (%) at each knob position of CALIBRATED_BIASES,
+    # chosen on held-out prompts so that their average loss stays within the tolerance at that position. Empty:
+    # the threshold is the tolerance itself (files written before calibration existed).
+    calibrated_thresholds_pct: tuple[float, ...] = ()
 
     def __post_init__(self):
         object.__setattr__(self, "options", tuple(_whole_number("step option", o) for o in self.options))
+        object.__setattr__(self, "calibrated_thresholds_pct", _thresholds(self.calibrated_thresholds_pct))
         for name, limit in _SIZE_LIMITS.items():
             value = _whole_number(name, getattr(self, name))
             if not 0 <= value <= limit:

@@ -14,7 +14,7 @@ FIT = FitSettings(max_updates=600, patience=600, policy_width=32, policy_depth=1
 
 
 def fitted_choices(signal: bool, sigma: float):
-    train = known_answer_table(320, sigma=sigma, signal=signal, seed=1, **SIZE)
+    train = known_answer_table(640, sigma=sigma, signal=signal, seed=1, **SIZE)  # 64 validation prompts calibrate
     test = known_answer_table(200, sigma=sigma, signal=signal, seed=2, **SIZE)
     policy = fit_policy(train.table, FIT, show_progress=False).policy
     return test, policy_choices(policy, test.table)
@@ -37,7 +37,7 @@ def test_a_noise_free_table_is_learned():
     test, choices = fitted_choices(signal=True, sigma=0.0)
     truth = evaluate_choices(test.truth_table(), choices)
     true_saving = 1 - torch.tensor(OPTIONS, dtype=torch.float64)[test.answer].mean() / OPTIONS[-1]
-    assert truth["saving_vs_max"]["steps_pct"] / 100 > 0.3 * true_saving.item()  # a small fit is cautious
+    assert truth["saving_vs_max"]["steps_pct"] / 100 > 0.5 * true_saving.item()  # a small fit is cautious
     assert truth["verdict"]["per_prompt_pays_off"]  # beats fixed-matched and random-same-distribution by 2 SE
 
 

@@ -126,9 +126,9 @@ def test_cuda_policy_matches_cpu():
 class FixedLosses(StepPolicy):
     """A real quality-objective StepPolicy whose forward pass returns given predicted losses (in %)."""
 
-    def __init__(self, losses: torch.Tensor, options, tolerance_pct=1.0):
+    def __init__(self, losses: torch.Tensor, options, tolerance_pct=1.0, calibrated=()):
         super().__init__(PolicyConfig(options=tuple(options), width=8, heads=1, depth=1, objective="quality",
-                                      tolerance_pct=tolerance_pct))
+                                      tolerance_pct=tolerance_pct, calibrated_thresholds_pct=calibrated))
         self.fixed = losses
 
     def forward(self, tokens, mask, pooled=None):
@@ -173,3 +173,38 @@ def test_a_quality_policy_built_to_predict_given_losses_decides_by_them():
                                atol=1e-3, rtol=1e-4)
     assert choose_steps(policy, random_conditioning()).steps == 2
     assert choose_steps(policy, random_conditioning(), quality_bias=1.0).steps == 3
+
+
+# thresholds at the knob positions -1, -0.75, ..., 1 (CALIBRATED_BIASES), as `fit` writes them
+CALIBRATED = (20.0, 12.0, 8.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.25)
+
+
+@pytest.mark.parametrize("bias, threshold", [(0.0, 3.0), (-1.0, 20.0), (1.0, 0.25), (0.5, 1.0), (0.125, 2.5),
+                                             (-0.875, 16.0), (2.0, 0.025), (-2.0, 200.0)])
+def test_a_calibrated_quality_policy_takes_its_calibrated_threshold_at_each_knob_position(bias, threshold):
+    """At a calibrated position the threshold fit chose; between two, the straight line between them; beyond the
+    ends, the end's threshold scaled by 10 per unit, as an uncalibrated tolerance is."""
+    losses = torch.tensor([[threshold * 1.01, threshold * 0.99, 0.0]])
+    choice = choose_steps(FixedLosses(losses, (10, 20, 30), calibrated=CALIBRATED), torch.randn(1, 77, 768),
+                          quality_bias=bias)
+    assert choice.steps == 20 and choice.threshold_pct == pytest.approx(threshold)
+    assert choice.tolerance_pct == pytest.approx(10 ** -bias)
+    assert f"within {threshold:.2g}% of 30 steps, calibrated for {10 ** -bias:.2g}% on average" in choice.summary()
+
+
+@settings(max_examples=100, deadline=None)
+@given(losses=st.lists(st.floats(0, 50), min_size=4, max_size=4), biases=st.lists(st.floats(-3, 3), min_size=2,
+                                                                                   max_size=6))
+def test_a_calibrated_quality_policy_is_monotonic_in_the_knob(losses, biases):
+    policy = FixedLosses(torch.tensor(sorted(losses, reverse=True) + [0.0]), (10, 20, 30, 40, 50),
+                         calibrated=CALIBRATED)
+    steps = [choose_steps(policy, torch.randn(1, 77, 768), quality_bias=b).steps for b in sorted(biases)]
+    assert steps == sorted(steps)
+
+
+@pytest.mark.parametrize("calibrated, problem", [((1.0,) * 8, "9 finite"), ((1.0,) * 8 + (2.0,), "non-increasing"),
+                                                 ((float("nan"),) * 9, "finite"), ((-1.0,) * 9, "non-negative"),
+                                                 (("1",) * 9, "list of numbers"), ("1" * 9, "list of numbers")])
+def test_calibrated_thresholds_that_could_mislead_the_knob_are_refused(calibrated, problem):
+    with pytest.raises(ValueError, match=problem):
+        PolicyConfig(objective="quality", calibrated_thresholds_pct=calibrated)

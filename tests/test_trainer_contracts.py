@@ -7,7 +7,7 @@ import torch
 from adadiff.policy import PolicyConfig, PolicyFeatures, choose_steps, init_policy
 from adadiff.trainer.config import FitSettings
 from adadiff.trainer.evaluate import evaluate_choices, evaluate_policy, policy_choices
-from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info
+from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info, split_indices
 from adadiff.trainer.table import (MEASURED, TABLE_FORMAT, TABLE_VERSION, RewardTable, TableFolder, chunk_count,
                                    features_name, load_table, probe_name, reference_name, unit_name)
 
@@ -58,13 +58,20 @@ def test_the_fit_summary_states_how_the_policy_was_fitted(objective):
     assert (summary["prompts_train"], summary["prompts_val"]) == (9, 3)
     assert (summary["lr"], summary["weight_decay"], summary["seed"]) == (2e-3, 0.05, 3)
     assert summary["updates"] == 3 * summary["epochs"]  # 9 training prompts in batches of 4
-    assert summary["val_mean_steps"] == pytest.approx(result.history[summary["best_epoch"] - 1]["val_mean_steps"],
-                                                      abs=1e-3)
     if objective == "quality":
+        # the summary reports what the calibrated policy does on the validation prompts, not the raw tolerance's pick
+        config = result.policy.config
+        assert summary["threshold_pct"] == pytest.approx(config.calibrated_thresholds_pct[4], abs=1e-4)
+        _, val = split_indices(12, settings.val_fraction, settings.fit_seed, tiny_table().prompts)
+        rows = tiny_table().features
+        chosen = choose_steps(result.policy, PolicyFeatures(rows.tokens[val], rows.mask[val])).per_prompt
+        assert summary["val_mean_steps"] == pytest.approx(sum(chosen) / len(chosen), abs=1e-3)
         assert summary["tolerance_pct"] == 3.0 and "baseline" not in summary
         assert summary["validation_score"] == (f"minus the mean squared error of the predicted loss (%, clipped at "
                                                f"{LOSS_CLIP_PCT:g}), all options")
     else:
+        assert summary["val_mean_steps"] == pytest.approx(
+            result.history[summary["best_epoch"] - 1]["val_mean_steps"], abs=1e-3)
         assert (summary["baseline"], summary["entropy"], summary["estimator"]) == ("batch", 0.2, "exact")
         assert summary["validation_score"] == "mean reward of the argmax choice" and "tolerance_pct" not in summary
     assert result.policy.config.tolerance_pct == 3.0 and result.policy.config.dropout == 0.0

@@ -91,7 +91,7 @@ def test_reinforce_learns_to_give_each_kind_of_prompt_its_steps(estimator):
 
 
 def test_quality_objective_learns_each_kind_of_prompts_loss_curve():
-    table = two_kinds_table()
+    table = two_kinds_table(n=192)  # 48 validation prompts: enough to vouch for the easy prompts' 10 steps
     settings = FitSettings(max_updates=300, patience=300, lr=3e-3, **SMALL)
     result = fit_policy(table, settings, show_progress=False)
     assert result.policy.config.objective == "quality" and result.summary["objective"] == "quality"
@@ -100,9 +100,11 @@ def test_quality_objective_learns_each_kind_of_prompts_loss_curve():
     hard = torch.arange(len(table)) % 2 == 1
     # easy prompts: no option worse than 40 steps (1.0 ... 0.97); hard ones: 80% less at 10 steps, which the fit
     # only needs to know as beyond its 20% clip
-    assert losses[~hard].max() < 1.0 and (losses[hard, 0] > 18).float().mean() > 0.9
+    assert (losses[~hard].max(1).values < 1.0).float().mean() > 0.95 and (losses[hard, 0] > 18).float().mean() > 0.9
     right = [a == b for a, b in zip(_choices(result.policy, table), _right_answers(table))]
     assert sum(right) >= 0.95 * len(right)
+    # calibrated on the validation prompts: the easy ones lose nothing at 10 steps, so the threshold can exceed 1%
+    assert result.summary["threshold_pct"] > 1.0
 
 
 def _choices(policy, table) -> list[int]:
@@ -138,6 +140,15 @@ def test_early_stopping_keeps_the_best_epoch_and_fills_the_summary(objective):
     assert result.policy.info["model_family"] == "test" and result.policy.info["summary"] is summary
     assert {"objective", "prompts_train", "prompts_val", "fit_seconds", "lr", "weight_decay", "seed"} <= set(summary)
     assert not result.policy.training
+
+
+def test_the_reinforce_training_loss_is_minus_the_expected_reward():
+    """History's train_loss for REINFORCE is the policy's expected reward with its sign flipped: here every option is
+    in the top k (k = all options) and earns a positive reward, so the loss reported is negative."""
+    table = two_kinds_table(n=32)
+    settings = FitSettings(objective="reinforce", max_updates=4, patience=4, **{**SMALL, "top_k": len(OPTIONS)})
+    history = fit_policy(table, settings, show_progress=False).history
+    assert history and all(-2.0 < entry["train_loss"] < 0.0 for entry in history)
 
 
 def _entropy(policy, table) -> float:

@@ -8,7 +8,9 @@ predicts, per prompt, each option's quality loss against the largest option, in 
 monotone by construction (fewer steps never predict less loss), the fit is a least-squares regression on the loss
 clipped at 20% (decisions fall within the knob's widest tolerance, 10%; beyond that a loss need only be known as
 large, and the clip keeps a 50% loss at 5 steps from drowning the 1% differences that matter), and the decision is
-the fewest steps whose predicted loss is within the tolerance. Least squares estimates the *mean* loss, so an
+the fewest steps whose predicted loss is within a threshold that the validation prompts calibrate
+(:mod:`.loss_threshold`): the largest at which their average observed loss, plus two standard errors, stays within
+the tolerance. Least squares estimates the *mean* loss, so an
 option that is sometimes fine and sometimes 7% worse is predicted at its average and not taken at 1% (measured on
 the known-answer benchmark at seed noise 0.01: a log-like ``asinh`` target, whose mean sits below the average, took
 such options and lost 2.3% IQS; the clipped loss lost 0.2-0.8%). Why not a lower clip: a clipped mean understates
@@ -48,6 +50,7 @@ the regression's own loss for ``quality`` (smooth, so noise cannot pick a lucky 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -57,9 +60,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..policy import PolicyConfig, StepPolicy, init_policy
-from ..policy.decision import first_within
+from ..policy.decision import first_within, loss_threshold
 from ..policy.network import normalise_tokens
 from .config import POLICY_HEADS, FitSettings, TrainerInputError
+from .loss_threshold import calibrated_thresholds
 from .table import RewardTable
 
 logger = logging.getLogger(__name__)
@@ -233,6 +237,8 @@ def fit_policy(table: RewardTable, settings: FitSettings, *, info: dict | None =
     policy.load_state_dict(best[2])
     policy.eval()
     best_entry = history[best[1] - 1]
+    if settings.objective == "quality":
+        best_entry = _calibrate(policy, inputs, table, val, steps, best_entry)
     summary = {
         "trained": True,
         "objective": settings.objective,
@@ -250,7 +256,7 @@ def fit_policy(table: RewardTable, settings: FitSettings, *, info: dict | None =
         "seed": settings.fit_seed,
     }
     if settings.objective == "quality":
-        summary["tolerance_pct"] = settings.tolerance_pct
+        summary.update(tolerance_pct=settings.tolerance_pct, threshold_pct=round(best_entry["threshold_pct"], 4))
     else:
         summary.update(baseline=settings.baseline, entropy=settings.entropy, estimator=settings.estimator)
     policy.info = {**policy.info, "summary": summary}
@@ -297,6 +303,19 @@ def _train_epoch(policy, optimizer, inputs: _Inputs, objective, train, settings:
         total += reported * len(index)
         count += len(index)
     return total / count
+
+
+@torch.no_grad()
+def _calibrate(policy: StepPolicy, inputs: _Inputs, table: RewardTable, val: torch.Tensor, steps: torch.Tensor,
+               entry: dict) -> dict:
+    """Give a quality policy the thresholds its validation prompts support (see :mod:`.loss_threshold`); the
+    returned history entry reports the steps they choose."""
+    predicted = torch.cat([inputs.outputs(policy, val[i:i + _EVAL_BATCH]) for i in range(0, len(val), _EVAL_BATCH)])
+    thresholds = calibrated_thresholds(predicted, quality_loss_pct(table.iqs)[val], policy.config.tolerance_pct)
+    policy.config = dataclasses.replace(policy.config, calibrated_thresholds_pct=thresholds)
+    threshold = loss_threshold(policy.config, 0.0)
+    return {**entry, "val_mean_steps": steps[first_within(predicted, threshold)].mean().item(),
+            "threshold_pct": threshold}
 
 
 def _batch_or_zero(rewards: torch.Tensor, settings: FitSettings) -> torch.Tensor:
