@@ -25,7 +25,7 @@ from adadiff.trainer.known_answer import known_answer_table
 
 
 FIT_FLAGS = ("objective", "tolerance_pct", "lr", "weight_decay", "max_updates", "patience", "fit_batch_size",
-             "policy_width", "policy_depth")
+             "val_fraction", "policy_width", "policy_depth")
 
 
 def judge(sigma: float | None, args, settings: FitSettings) -> dict:

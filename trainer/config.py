@@ -165,7 +165,8 @@ class FitSettings:
                                       "training prompts", int)
     patience: int = _setting(250, "stop once this many updates have brought no better validation reward (checked "
                                   "after every pass over the training prompts)", int)
-    val_fraction: float = _setting(0.1, "share of the training prompts held back for validation", float)
+    val_fraction: float = _setting(0.2, "share of the training prompts held back for validation (early stopping and, "
+                                        "for the quality objective, the calibrated threshold)", float)
     fit_seed: int = _setting(0, "seed of the policy's initialisation, the split and the sampling", int)
     policy_width: int = _setting(DEFAULT_POLICY.width, "width of the policy network", int)
     policy_depth: int = _setting(1, "attention layers in the policy network (1: on the known-answer benchmark it "
