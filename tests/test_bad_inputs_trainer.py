@@ -262,7 +262,7 @@ TABLE_CASES = {
     "features-nan": (lambda d: _write_table(d, _in_piece(features_name(0), _set(
         "tokens", lambda t: t.index_fill(2, torch.tensor([3]), math.nan)))), "token states hold NaN or Inf"),
     "piece-damaged": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").write_bytes(b"junk") and d,
-                      "c00001-s0-o4.safetensors: this piece of the reward table is damaged"),
+                      "c00001-s0-o4.safetensors: this piece of the reward table is damaged (Error while deserializing"),
     "piece-missing": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").unlink() or d,
                       "the reward table is unfinished"),
     "json-nested": (_description_file('{"prompts": ' + NESTED + "}"), "table.json: JSON nested 10001 levels"),
