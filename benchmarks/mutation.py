@@ -39,9 +39,9 @@ GROUPS = {
         "tests": _POLICY_TESTS,
     },
     "trainer": {
-        "mutate": ["trainer/fit.py", "trainer/evaluate.py", "trainer/table.py"],
-        "tests": ["tests/test_trainer_fit.py", "tests/test_trainer_evaluate.py", "tests/test_table_search.py",
-                  "tests/test_bad_inputs_trainer.py", "tests/test_trainer_contracts.py"],
+        "mutate": ["trainer/fit.py", "trainer/loss_threshold.py", "trainer/evaluate.py", "trainer/table.py"],
+        "tests": ["tests/test_trainer_fit.py", "tests/test_trainer_loss_threshold.py", "tests/test_trainer_evaluate.py",
+                  "tests/test_table_search.py", "tests/test_bad_inputs_trainer.py", "tests/test_trainer_contracts.py"],
     },
     # The webui job's decision path and its settings. The host tests that run a real ComfyUI (a server subprocess)
     # or load the extension the webui's way (under another package name) reach code mutmut cannot switch, so the
