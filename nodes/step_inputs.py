@@ -25,7 +25,8 @@ def step_policy_inputs() -> list[io.Input]:
                      tooltip="Never sample more steps than this, whatever the policy picks."),
         io.Float.Input("quality_bias", default=0.0, min=-1.0, max=1.0, step=0.05,
                        tooltip="0 uses the policy as trained. Positive values favour more steps (quality), "
-                               "negative values fewer steps (speed)."),
+                               "negative values fewer steps (speed). A quality policy accepts its average IQS loss "
+                               "divided by 10 per unit: 1 a tenth of it, -1 ten times."),
     ]
 
 

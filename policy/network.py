@@ -157,8 +157,11 @@ class StepPolicy(nn.Module):
         for layer in self.encoder.layers:
             x = encoder_layer(layer, x, attend)
         x = self.out_norm(x)
-        weights = mask.unsqueeze(-1).to(x.dtype)
-        summary = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        if attend is None:
+            summary = x.mean(1)
+        else:
+            weights = mask.unsqueeze(-1).to(x.dtype)
+            summary = (x * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         if self.config.pooled_dim:
             summary = torch.cat([summary, self.pooled_proj(self.pooled_norm(pooled))], -1)
         out = self.head(summary)
@@ -190,7 +193,7 @@ def encoder_layer(layer: nn.TransformerEncoderLayer, x: torch.Tensor, attend: to
 def monotone_losses(increments: torch.Tensor) -> torch.Tensor:
     """Raw outputs [B, n-1] -> losses [B, n], non-increasing along the options and 0 at the largest."""
     steps_down = nn.functional.softplus(increments).flip(-1).cumsum(-1).flip(-1)
-    return torch.cat([steps_down, steps_down.new_zeros(steps_down.shape[:-1] + (1,))], -1)
+    return nn.functional.pad(steps_down, (0, 1))
 
 
 def normalise_tokens(tokens: torch.Tensor) -> torch.Tensor:
