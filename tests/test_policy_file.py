@@ -18,6 +18,7 @@ from adadiff.policy import (
     read_metadata,
     save_policy,
 )
+from adadiff.policy.describe import describe
 from policy_helpers import random_conditioning
 
 INFO = {
@@ -133,6 +134,24 @@ def test_invalid_config(saved):
     _, path = saved
     _rewrite(path, config_changes={"options": [10, 5]})
     _assert_error(path, "network settings are invalid", "increasing order")
+
+
+def test_a_calibrated_quality_policy_round_trips_and_describes_its_contract(tmp_path):
+    thresholds = (30.0, 12.0, 8.0, 5.0, 2.5, 1.0, 0.5, 0.25, 0.1)
+    policy = init_policy(PolicyConfig(options=(4, 8, 12, 16), objective="quality", tolerance_pct=1.0,
+                                      calibrated_thresholds_pct=thresholds), seed=3, info=INFO)
+    loaded = load_policy(save_policy(policy, tmp_path / "calibrated.safetensors"))
+    assert loaded.config.calibrated_thresholds_pct == thresholds and loaded.config == policy.config
+    assert "at most 1% less IQS than 16 steps on average over held-out prompts" in describe(loaded.source)
+    assert "predicted loss is within 2.5%" in describe(loaded.source)
+
+
+@pytest.mark.parametrize("thresholds, problem", [([1.0, 2.0] + [0.0] * 7, "non-increasing"), ([1.0] * 3, "9 finite"),
+                                                 ("fast", "list of numbers")])
+def test_calibrated_thresholds_that_could_mislead_the_knob_are_refused_naming_the_file(saved, thresholds, problem):
+    _, path = saved
+    _rewrite(path, config_changes={"objective": "quality", "calibrated_thresholds_pct": thresholds})
+    _assert_error(path, "network settings are invalid", problem)
 
 
 def test_nan_weights(saved):
