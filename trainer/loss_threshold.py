@@ -31,9 +31,9 @@ _GRID = torch.cat([torch.zeros(1), torch.logspace(-3, 3, 601, dtype=torch.float6
 
 def calibrated_thresholds(predicted: torch.Tensor, observed: torch.Tensor, tolerance_pct: float) -> tuple[float, ...]:
     """Per knob position of CALIBRATED_BIASES, the largest threshold whose choices, and those of every smaller
-    threshold, keep the mean observed loss, plus CONFIDENCE_SE standard errors, within that position's tolerance (``tolerance / 10 ** bias``).
-    ``predicted`` and ``observed`` are held-out prompts' losses [N, O] in %. One grid serves every position, so a
-    larger tolerance never gets a smaller threshold."""
+    threshold, keep the mean observed loss, plus CONFIDENCE_SE standard errors, within that position's tolerance
+    (``tolerance / 10 ** bias``). ``predicted`` and ``observed`` are held-out prompts' losses [N, O] in %. One grid
+    serves every position, so a larger tolerance never gets a smaller threshold."""
     candidates = _GRID * tolerance_pct
     choices = torch.stack([first_within(predicted, float(t)) for t in candidates])  # [G, N]
     losses = observed.double()[torch.arange(len(observed)), choices]  # [G, N]
