@@ -6,8 +6,10 @@ and then damaged one way at a time.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -254,8 +256,22 @@ TABLE_CASES = {
     "features-width": (lambda d: _write_table(d, _in_piece(features_name(1), _set("tokens", torch.zeros(2, 3, 16)))),
                        "c00001-features.safetensors: token states 16 wide, the first chunk's are 8"),
     "features-rows": (lambda d: _write_table(d, _in_piece(features_name(1), lambda t: {
-        "tokens": torch.zeros(3, 3, WIDTH), "mask": torch.ones(3, 3, dtype=torch.bool)})),
+        "tokens": torch.zeros(3, 4, WIDTH), "mask": torch.ones(3, 4, dtype=torch.bool)})),
         "c00001-features.safetensors: holds 3 rows, its chunk has 2 prompts"),
+    "features-pooled-1d": (lambda d: _write_table(d, _in_piece(features_name(1), _set("pooled", torch.zeros(2)))),
+                           "c00001-features.safetensors: holds 2 rows, its chunk has 2 prompts"),
+    **{f"features-{what}": (lambda d, change=change: _write_table(d, _in_piece(features_name(1), change)),
+                            "c00001-features.safetensors: no [prompts, tokens, width] token states with their mask")
+       for what, change in {"no-tokens": lambda t: {"mask": t["mask"]}, "no-mask": lambda t: {"tokens": t["tokens"]},
+                            "tokens-2d": lambda t: {"tokens": t["tokens"][:, :, 0], "mask": t["mask"]}}.items()},
+    # a score's name is cut at 40 characters in messages: 41 is one too many
+    "score-name-41-wrong-shape": (lambda d: _write_table(d, _in_piece("c00000-s0-o2.safetensors",
+                                                                      _set("z" * 41, torch.zeros(3)))),
+                                  "c00000-s0-o2.safetensors: 'zzzzzzzzzzzzzzzzzzzz...zzzzzzzzzz (41 characters)' has "
+                                  "shape (3,)"),
+    "score-name-41-nan": (lambda d: _write_table(d, _in_piece("c00000-s0-o2.safetensors",
+                                                              _set("z" * 41, torch.tensor([0.0, math.nan])))),
+                          "c00000-s0-o2.safetensors: 'zzzzzzzzzzzzzzzzzzzz...zzzzzzzzzz (41 characters)' holds NaN"),
     "features-pooled-in-one-chunk": (lambda d: _write_table(d, _in_piece(features_name(2),
                                                                          _set("pooled", torch.zeros(1, 4)))),
                                      f"{LAST}-features.safetensors: its pooled vector differs"),
@@ -294,6 +310,27 @@ def test_every_damaged_reward_table_is_refused_naming_the_piece(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
     assert not (tmp_path / "p.safetensors").exists()
+
+
+def test_a_damaged_piece_says_how_to_make_it_again(tmp_path):
+    folder = TABLE_CASES["piece-damaged"][0](tmp_path / "table")
+    with pytest.raises(TrainerInputError, match="delete it and rerun the same generate command to make it again$"):
+        load_table(folder)
+
+
+def test_a_long_library_error_is_cut_to_120_characters(tmp_path):
+    """safetensors quotes a header's unknown dtype in full (600 characters here): the message keeps its first 60 and
+    last 30 characters."""
+    folder = _write_table(tmp_path / "table")
+    piece = folder / "units" / "c00001-s0-o4.safetensors"
+    data = piece.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    header["iqs"]["dtype"] = "Q" * 300
+    encoded = json.dumps(header).encode()
+    piece.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
+    with pytest.raises(TrainerInputError, match=r"is damaged \(.{60}\.\.\..{30} \(\d+ characters\)\); delete it"):
+        load_table(folder)
 
 
 def test_the_undamaged_table_loads(tmp_path):

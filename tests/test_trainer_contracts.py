@@ -6,7 +6,7 @@ import torch
 
 from adadiff.policy import PolicyConfig, PolicyFeatures, choose_steps, init_policy
 from adadiff.trainer.config import FitSettings
-from adadiff.trainer.evaluate import evaluate_choices, evaluate_policy, policy_choices
+from adadiff.trainer.evaluate import _checks, _verdict, evaluate_choices, evaluate_policy, policy_choices
 from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info, split_indices
 from adadiff.trainer.table import (MEASURED, TABLE_FORMAT, TABLE_VERSION, RewardTable, TableFolder, chunk_count,
                                    features_name, load_table, probe_name, reference_name, unit_name)
@@ -273,3 +273,41 @@ def test_the_cross_seed_oracle_splits_any_number_of_seeds_into_even_and_odd_halv
     features = PolicyFeatures(torch.randn(1, 3, 8).half(), torch.ones(1, 3, dtype=torch.bool))
     table = RewardTable(("p0",), (10, 20), (0, 1, 2, 3), features, iqs, {}, torch.ones_like(iqs), {})
     assert evaluate_choices(table, torch.tensor([1]))["cross_seed_oracle"]["mean_steps"] == pytest.approx(15.0)
+
+
+def test_the_cross_seed_oracle_report_by_hand():
+    """Seed 0 picks 20 and 10 steps, seed 1 picks 30 and 10; each half's picks are judged on the other half's seeds."""
+    table = two_seed_table([[[0.5, 0.9, 0.9], [0.5, 0.5, 1.0]], [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]], (10, 20, 30))
+    cross = evaluate_choices(table, torch.tensor([2, 2]))["cross_seed_oracle"]
+    # judged IQS: prompt 0 (0.5 on seed 1 + 0.9 on seed 0) / 2 = 0.7, prompt 1 1.0; the largest option's 0.95 and 1.0
+    assert cross["mean_steps"] == pytest.approx(17.5) and cross["iqs"] == pytest.approx(0.85)
+    assert cross["iqs_drop_pct"] == pytest.approx(100 * (0.975 - 0.85) / 0.975)
+    assert cross["saving_pct"] == pytest.approx(100 * (1 - 17.5 / 30))
+    assert cross["steps_sd"] == pytest.approx((math.sqrt(50) + math.sqrt(200)) / 2)  # per half: sd of (20, 10), (30, 10)
+
+
+def test_the_cross_seed_oracle_of_one_prompt_has_no_spread():
+    table = two_seed_table([[[0.5, 0.9, 0.9], [0.5, 0.5, 1.0]]], (10, 20, 30))
+    assert evaluate_choices(table, torch.tensor([2]))["cross_seed_oracle"]["steps_sd"] == 0.0
+
+
+def _checked(steps_pct=50.0, drop_pct=0.5, minus=(0.03, 0.01), share=0.9) -> dict:
+    entry = {"policy_minus": minus[0], "policy_minus_se": minus[1]}
+    return _checks({"saving_vs_max": {"steps_pct": steps_pct}, "iqs_drop_vs_max_pct": drop_pct,
+                    "random_same_distribution": entry, "fixed_matched": entry, "share_of_oracle_saving": share})
+
+
+def test_each_check_accepts_a_value_exactly_at_its_limit():
+    """40% saving, 1% drop, 80% of the oracle's saving and a margin of exactly 2 SE all pass."""
+    assert all(_checked(steps_pct=40.0, drop_pct=1.0, minus=(0.02, 0.01), share=0.8).values())
+    assert not any(_checked(steps_pct=39.9, drop_pct=1.01, minus=(0.0199, 0.01), share=0.79).values())
+
+
+@pytest.mark.parametrize("fixed, random", [(True, False), (False, True)])
+def test_beating_only_one_control_does_not_pay_off(fixed, random):
+    report = {"checks": {"beats_fixed_matched_by_2se": fixed, "beats_random_same_distribution_by_2se": random},
+              "fixed_within_tolerance": {"steps": 30, "iqs_drop_pct": 0.5, "saving_pct": 40.0}, "tolerance_pct": 1.0,
+              "fixed_matched": {"steps": 25.0, "policy_minus": 0.01, "policy_minus_se": 0.01},
+              "saving_vs_max": {"steps_pct": 50.0}, "iqs_drop_vs_max_pct": 0.5}
+    verdict = _verdict(report)
+    assert verdict["per_prompt_pays_off"] is False and "use a fixed 30 steps" in verdict["summary"]

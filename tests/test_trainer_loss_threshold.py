@@ -36,6 +36,20 @@ def test_the_average_must_hold_by_two_standard_errors():
     assert threshold < 2.5  # the three harmless prompts may take fewer steps, the fourth may not
     assert threshold >= 1.5
     assert calibrated_thresholds(predicted, observed, tolerance_pct=2.8)[AT_KNOB_0] >= 2.5  # 0.9 + 1.8 <= 2.8
+    assert calibrated_thresholds(predicted, observed, tolerance_pct=1.5)[AT_KNOB_0] < 2.5  # SE = sd / sqrt(4), not less
+
+
+def test_two_validation_prompts_that_lose_nothing_vouch_for_any_threshold():
+    thresholds = calibrated_thresholds(torch.tensor([[2.0, 0.0], [5.0, 0.0]]), torch.zeros(2, 2), tolerance_pct=1.0)
+    assert min(thresholds) >= 5.0
+
+
+def test_the_thresholds_tried_scale_with_the_tolerance():
+    """At a tolerance of 0.01% the threshold that keeps it can be 0.004%: the grid is the tolerance times 1/1000 ...
+    1000, so it has thresholds that small."""
+    predicted = torch.tensor([[0.004, 0.0], [0.008, 0.0]] * 4)
+    observed = torch.tensor([[0.0, 0.0], [5.0, 0.0]] * 4)
+    assert 0.004 <= calibrated_thresholds(predicted, observed, tolerance_pct=0.01)[AT_KNOB_0] < 0.008
 
 
 def test_one_validation_prompt_vouches_for_nothing():
