@@ -277,6 +277,9 @@ TABLE_CASES = {
                                      f"{LAST}-features.safetensors: its pooled vector differs"),
     "features-nan": (lambda d: _write_table(d, _in_piece(features_name(0), _set(
         "tokens", lambda t: t.index_fill(2, torch.tensor([3]), math.nan)))), "token states hold NaN or Inf"),
+    "features-pooled-nan": (lambda d: _write_table(d, _in_piece(features_name(0), _set(
+        "pooled", torch.tensor([[0.0, math.nan], [0.0, 0.0]])))),
+        "c00000-features.safetensors: the pooled vector hold NaN or Inf"),
     "piece-damaged": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").write_bytes(b"junk") and d,
                       "c00001-s0-o4.safetensors: this piece of the reward table is damaged (Error while deserializing"),
     "piece-missing": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").unlink() or d,
@@ -289,9 +292,11 @@ TABLE_CASES = {
     "json-fifo": (lambda d: _write_table(d) and (d / "table.json").unlink() or os.mkfifo(d / "table.json") or d,
                   "table.json: is a FIFO"),
     "json-prompts-not-texts": (lambda d: _write_table(d, description=_description(prompts=[1, 2, 3, 4, 5])),
-                               "'prompts' must be a list of texts"),
+                               "damaged ('prompts' must be a list of texts)"),
     "json-options-texts": (lambda d: _write_table(d, description=_description(options=["2", "4"])),
                            "'options' must be a list of whole numbers"),
+    "json-seeds-texts": (lambda d: _write_table(d, description=_description(seeds=["0", "1"])),
+                         "damaged ('seeds' must be a list of whole numbers)"),
     "json-batch-size-missing": (lambda d: _write_table(d, description=_description(batch_size=None)),
                                 "'batch_size' must be a whole number"),
     "json-duplicated-prompt": (lambda d: _write_table(d, description=_description(
