@@ -1,11 +1,13 @@
 """Exact promises of the trainer's fit, evaluation and table that the mutation run (`make mutation`) found unguarded."""
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from adadiff.policy import PolicyConfig, PolicyFeatures, choose_steps, init_policy
-from adadiff.trainer.config import FitSettings
+from adadiff.trainer.config import FitSettings, TrainerInputError
 from adadiff.trainer.evaluate import _checks, _verdict, evaluate_choices, evaluate_policy, policy_choices
 from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info, split_indices
 from adadiff.trainer.table import (MEASURED, TABLE_FORMAT, TABLE_VERSION, RewardTable, TableFolder, chunk_count,
@@ -311,3 +313,68 @@ def test_beating_only_one_control_does_not_pay_off(fixed, random):
               "saving_vs_max": {"steps_pct": 50.0}, "iqs_drop_vs_max_pct": 0.5}
     verdict = _verdict(report)
     assert verdict["per_prompt_pays_off"] is False and "use a fixed 30 steps" in verdict["summary"]
+
+
+TABLE_DESCRIPTION = {"format": TABLE_FORMAT, "version": TABLE_VERSION, "prompts": ["a", "b"], "options": [2, 4],
+                     "seeds": [0], "batch_size": 2}
+
+
+def test_a_table_folder_refuses_other_settings_naming_every_difference(tmp_path):
+    folder = TableFolder(tmp_path / "table")
+    folder.open(TABLE_DESCRIPTION)
+    folder.open(dict(TABLE_DESCRIPTION))  # the same settings: resumed
+    other = {**TABLE_DESCRIPTION, "options": [2, 8], "guidance": 2.0}  # one value changed, one key only here
+    with pytest.raises(TrainerInputError) as error:
+        folder.open(other)
+    assert str(error.value) == (
+        f"{tmp_path / 'table'} holds a reward table made with other settings (guidance, options differ); it would be "
+        "overwritten. Rerun with the same settings to continue it, pass another --out, or delete the folder to start "
+        "over")
+    assert json.loads((tmp_path / "table" / "table.json").read_text(encoding="utf-8")) == TABLE_DESCRIPTION
+
+
+def test_only_the_process_that_removes_leftovers_removes_them(tmp_path):
+    folder = TableFolder(tmp_path / "table")
+    folder.open(TABLE_DESCRIPTION)
+    leftover = folder.units / "c00000-s0-o2.safetensors.partial-123"
+    leftover.write_bytes(b"cut")
+    folder.open(TABLE_DESCRIPTION, remove_leftovers=False)
+    assert leftover.exists()
+    folder.open(TABLE_DESCRIPTION)
+    assert not leftover.exists()
+
+
+def test_a_piece_records_the_process_that_wrote_it(tmp_path):
+    from safetensors import safe_open
+
+    folder = TableFolder(tmp_path / "table")
+    folder.open(TABLE_DESCRIPTION)
+    folder.write("c00000-s0-o2.safetensors", {"iqs": torch.zeros(2), "time_s": torch.zeros(2)}, process=3)
+    with safe_open(str(folder.units / "c00000-s0-o2.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"process": "3"}
+
+
+def test_a_table_description_of_batch_size_one_is_whole():
+    from adadiff.trainer.table import _check_description
+
+    _check_description(Path("table.json"), {**TABLE_DESCRIPTION, "batch_size": 1})  # no error
+
+
+def test_every_problem_of_a_table_description_is_named_in_one_message():
+    from adadiff.trainer.table import _check_description
+
+    with pytest.raises(TrainerInputError) as error:
+        _check_description(Path("table.json"), {**TABLE_DESCRIPTION, "prompts": [1, 2], "batch_size": 0})
+    assert str(error.value) == ("table.json: damaged ('prompts' must be a list of texts; 'batch_size' must be a whole "
+                                "number of at least 1); delete the folder and generate the table again")
+
+
+def test_a_repeated_prompt_is_quoted_cut_at_60_characters():
+    from adadiff.trainer.table import _check_description
+
+    prompt = "p" * 59  # its repr, quotes included, is 61 characters: one too many
+    with pytest.raises(TrainerInputError) as error:
+        _check_description(Path("table.json"), {**TABLE_DESCRIPTION, "prompts": [prompt, "b", prompt]})
+    assert str(error.value) == (f"table.json: prompt 0 and prompt 2 are the same ('{'p' * 29}...{'p' * 14}' (61 "
+                                "characters)); a prompt may appear once, or it would be both trained and validated on. "
+                                "Generate the table from a file without repeats")
