@@ -135,6 +135,14 @@ def test_run_fits_and_evaluates_then_fit_and_evaluate_alone(assets, uninterrupte
     assert "AdaDiff on 6 held-out prompts" in capsys.readouterr().out
 
 
+def test_fit_says_which_threshold_the_validation_prompts_calibrated(uninterrupted, tmp_path, capsys):
+    assert cli.main(["fit", "--table", str(uninterrupted), "--out", str(tmp_path / "p.safetensors"),
+                     "--max-updates", "1"]) == 0
+    threshold = load_policy(tmp_path / "p.safetensors").config.calibrated_thresholds_pct[4]  # knob 0
+    assert (f"each prompt takes the fewest steps whose predicted loss is within {threshold:.3g}%: the threshold the "
+            "validation prompts showed keeps 1% less IQS on average") in capsys.readouterr().out
+
+
 def test_evaluate_reads_held_out_prompts_with_the_policys_prompt_syntax(assets, uninterrupted, tmp_path):
     assert cli.main(["fit", "--table", str(uninterrupted), "--out", str(tmp_path / "p.safetensors"),
                      "--max-updates", "1"]) == 0

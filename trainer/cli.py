@@ -128,6 +128,9 @@ def _fit(from_file: dict, flags: dict) -> int:
     print(f"policy {out} ({summary['objective']}): best validation score {summary['val_score']:.4f} at pass "
           f"{summary['best_epoch']} of {summary['epochs']}, {summary['val_mean_steps']:.1f} mean steps on "
           f"{summary['prompts_val']} validation prompts ({summary['fit_seconds']:.0f} s)")
+    if "threshold_pct" in summary:
+        print(f"  each prompt takes the fewest steps whose predicted loss is within {summary['threshold_pct']:.3g}%: "
+              f"the threshold the validation prompts showed keeps {summary['tolerance_pct']:g}% less IQS on average")
     return 0
 
 
