@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +211,9 @@ def load_table(folder: str | Path) -> RewardTable:
         if "pooled" in features:
             pooled.append(features["pooled"])
         rows.append([[_checked_unit(table, unit_name(chunk, s, o), size) for o in options] for s in seeds])
-    names = sorted(rows[0][0][0])
+    # the scores most pieces hold: a piece that differs is named, even when it is the first
+    names = list(Counter(tuple(sorted(unit)) for chunk in rows for per_seed in chunk for unit in per_seed)
+                 .most_common(1)[0][0])
     for name, unit in ((unit_name(c, s, o), rows[c][i][j]) for c in range(len(rows)) for i, s in enumerate(seeds)
                        for j, o in enumerate(options)):
         if sorted(unit) != names:
