@@ -349,6 +349,7 @@ def test_a_long_library_error_is_cut_to_120_characters(tmp_path):
 def test_the_undamaged_table_loads(tmp_path):
     table = load_table(_write_table(tmp_path / "table"))
     assert table.iqs.shape == (5, 2, 2) and table.features.tokens.shape == (5, 3, WIDTH)
+    assert table.description == _description()
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -1,6 +1,7 @@
 """Exact promises of the trainer's fit, evaluation and table that the mutation run (`make mutation`) found unguarded."""
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -378,3 +379,130 @@ def test_a_repeated_prompt_is_quoted_cut_at_60_characters():
     assert str(error.value) == (f"table.json: prompt 0 and prompt 2 are the same ('{'p' * 29}...{'p' * 14}' (61 "
                                 "characters)); a prompt may appear once, or it would be both trained and validated on. "
                                 "Generate the table from a file without repeats")
+
+
+def pooled_kinds_table(n=96) -> RewardTable:
+    """Half the prompts are best at 2 steps, half only at 6; the kind is written in the pooled vector only."""
+    generator = torch.Generator().manual_seed(1)
+    hard = torch.arange(n) % 2 == 1
+    pooled = torch.randn(n, 4, generator=generator) + torch.where(hard, 4.0, -4.0)[:, None] * torch.tensor(
+        [1.0, -1.0, 1.0, -1.0])
+    quality = torch.where(hard[:, None], torch.tensor([0.2, 0.5, 1.0]), torch.tensor([1.0, 1.0, 1.0]))
+    iqs = quality[:, None, :].expand(n, 2, 3).clone()
+    features = PolicyFeatures(torch.randn(n, 3, 8, generator=generator).half(), torch.ones(n, 3, dtype=torch.bool),
+                              pooled.half())
+    return RewardTable(tuple(f"p{i}" for i in range(n)), OPTIONS, (0, 1), features, iqs, {}, torch.zeros_like(iqs),
+                       DESCRIPTION)
+
+
+def test_the_fit_reads_the_pooled_vector_where_the_table_has_one():
+    table = pooled_kinds_table()
+    result = fit_policy(table, FitSettings(max_updates=300, patience=300, lr=3e-3, policy_width=16, fit_batch_size=16),
+                        show_progress=False)
+    assert result.policy.config.pooled_dim == 4
+    chosen = choose_steps(result.policy, table.features).per_prompt
+    right = [steps == (OPTIONS[-1] if i % 2 else OPTIONS[0]) for i, steps in enumerate(chosen)]
+    assert sum(right) >= 0.9 * len(right)
+
+
+def test_weight_decay_reaches_the_optimiser():
+    fits = [fit_policy(tiny_table(), FitSettings(**{**FAST, "weight_decay": decay}), show_progress=False)
+            .policy.state_dict() for decay in (0.0, 0.5)]
+    assert not all(torch.equal(fits[0][k], fits[1][k]) for k in fits[0])
+
+
+@pytest.mark.parametrize("n, fraction, n_val", [(2, 0.5, 1), (10, 0.01, 1), (10, 0.99, 9), (10, 0.2, 2)])
+def test_the_split_keeps_at_least_one_prompt_on_each_side(n, fraction, n_val):
+    train, val = split_indices(n, fraction, seed=0)
+    assert (len(train), len(val)) == (n - n_val, n_val)
+
+
+def test_one_distinct_prompt_cannot_be_split():
+    with pytest.raises(TrainerInputError) as error:
+        split_indices(3, 0.5, seed=0, prompts=["same"] * 3)
+    assert str(error.value) == "the reward table holds 1 distinct prompt(s); fitting needs at least 2 (one to validate)"
+
+
+def test_the_fit_runs_max_updates_rounded_up_to_whole_passes_and_numbers_them():
+    # 12 prompts, 25% validation: 9 training prompts in batches of 4 = 3 updates per pass; 7 updates -> 3 passes
+    result = fit_policy(tiny_table(), FitSettings(**{**FAST, "max_updates": 7, "patience": 1000}), show_progress=False)
+    assert [entry["epoch"] for entry in result.history] == [1, 2, 3] and result.summary["updates"] == 9
+
+
+def test_a_validation_score_that_never_improves_keeps_the_first_pass():
+    """Ties do not move the best pass: with a learning rate too small to change any choice, pass 1 is kept."""
+    settings = FitSettings(**{**FAST, "objective": "reinforce", "lr": 1e-12, "max_updates": 30, "patience": 6})
+    result = fit_policy(tiny_table(), settings, show_progress=False)
+    assert len({entry["val_score"] for entry in result.history}) == 1
+    assert result.summary["best_epoch"] == 1 and result.summary["epochs"] == 3
+
+
+def test_the_fit_summary_rounds_as_documented_and_times_the_fit():
+    started = time.perf_counter()
+    result = fit_policy(tiny_table(), FitSettings(**FAST), show_progress=False)
+    elapsed = time.perf_counter() - started
+    summary, best = result.summary, result.history[result.summary["best_epoch"] - 1]
+    assert summary["val_score"] == round(best["val_score"], 5)
+    assert summary["threshold_pct"] == round(result.policy.config.calibrated_thresholds_pct[4], 4)
+    assert summary["fit_seconds"] == round(summary["fit_seconds"], 2) and 0 < summary["fit_seconds"] <= elapsed + 0.005
+
+
+def test_the_training_loss_is_the_mean_over_every_training_prompt():
+    """With a learning rate too small to move the weights, a pass's reported loss is the initial policy's error on
+    all 9 training prompts (batches of 4, 4 and 1, weighed by their size)."""
+    from adadiff.trainer.fit import _Inputs, _Quality
+
+    table = tiny_table()
+    settings = FitSettings(**{**FAST, "lr": 1e-12, "max_updates": 3})
+    result = fit_policy(table, settings, show_progress=False)
+    train, _ = split_indices(len(table), settings.val_fraction, settings.fit_seed, table.prompts)
+    with torch.no_grad():
+        error = _Quality(table, settings).error(_Inputs.of(table.features).outputs(result.policy, train), train)
+    assert result.history[0]["train_loss"] == pytest.approx(error.item(), rel=1e-4)
+
+
+def test_sampled_reinforce_is_reproducible_from_its_seed():
+    settings = FitSettings(**{**FAST, "objective": "reinforce", "estimator": "sampled"})
+    first, again = (fit_policy(tiny_table(), settings, show_progress=False).policy.state_dict() for _ in range(2))
+    assert all(torch.equal(first[k], again[k]) for k in first)
+
+
+def test_the_fit_shows_its_progress_only_when_asked(capsys):
+    fit_policy(tiny_table(), FitSettings(**FAST), show_progress=False)
+    assert capsys.readouterr().err == ""
+    fit_policy(tiny_table(), FitSettings(**FAST))
+    shown = capsys.readouterr().err
+    assert "fit policy: " in shown and ("pass/s" in shown or "s/pass" in shown)
+    assert "val_score=" in shown and "best_pass=" in shown
+    assert "it/s" not in shown and "s/it" not in shown
+
+
+def test_the_fit_logs_its_outcome(caplog):
+    with caplog.at_level("INFO", logger="adadiff.trainer.fit"):
+        result = fit_policy(tiny_table(), FitSettings(**FAST), show_progress=False)
+    summary = result.summary
+    assert caplog.messages[-1] == (
+        f"fit (quality): best validation score {summary['val_score']:.4f} at pass {summary['best_epoch']} of "
+        f"{summary['epochs']} ({summary['val_mean_steps']:.1f} mean steps), "
+        f"{summary['fit_seconds']:.1f} s")
+
+
+def test_an_out_folder_that_is_something_else_is_refused_by_name(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(TrainerInputError) as error:
+        TableFolder(tmp_path / "file").refuse_foreign()
+    assert str(error.value) == f"{tmp_path / 'file'} is a file, not a folder; pass another --out"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "photo.png").write_bytes(b"x")
+    with pytest.raises(TrainerInputError) as error:
+        TableFolder(tmp_path / "folder").refuse_foreign()
+    assert str(error.value) == (f"{tmp_path / 'folder'} exists and is not a reward table; it would be overwritten. "
+                                "Pass another --out, or remove the folder")
+
+
+def test_the_fit_splits_repeated_prompt_texts_as_one():
+    """12 rows holding 6 texts twice: 25% of 6 texts (2) go to validation, with both their rows (4)."""
+    table = tiny_table()
+    table = RewardTable(tuple(f"p{i // 2}" for i in range(12)), table.options, table.seeds, table.features, table.iqs,
+                        {}, table.time_s, table.description)
+    assert fit_policy(table, FitSettings(**FAST), show_progress=False).summary["prompts_val"] == 4
