@@ -506,3 +506,22 @@ def test_the_fit_splits_repeated_prompt_texts_as_one():
     table = RewardTable(tuple(f"p{i // 2}" for i in range(12)), table.options, table.seeds, table.features, table.iqs,
                         {}, table.time_s, table.description)
     assert fit_policy(table, FitSettings(**FAST), show_progress=False).summary["prompts_val"] == 4
+
+
+def test_a_piece_written_without_a_process_records_process_0(tmp_path):
+    from safetensors import safe_open
+
+    folder = TableFolder(tmp_path / "table")
+    folder.open(TABLE_DESCRIPTION)
+    folder.write("c00000-s0-o2.safetensors", {"iqs": torch.zeros(2), "time_s": torch.zeros(2)})
+    with safe_open(str(folder.units / "c00000-s0-o2.safetensors"), "pt") as handle:
+        assert handle.metadata() == {"process": "0"}
+
+
+def test_a_table_is_normalised_whole_in_slices_of_1024_prompts():
+    from adadiff.policy.network import normalise_tokens
+    from adadiff.trainer.fit import _Inputs
+
+    features = PolicyFeatures(torch.randn(2100, 3, 8).half(), torch.ones(2100, 3, dtype=torch.bool))
+    torch.testing.assert_close(_Inputs.of(features).normalised.float(),
+                               normalise_tokens(features.tokens).half().float())
