@@ -31,7 +31,7 @@ class StepChoice:
     options: tuple[int, ...]
     predicted_loss_pct: torch.Tensor | None = None  # [B, n_options] a quality policy's predicted losses, in %
     tolerance_pct: float | None = None  # the loss a quality policy accepted, after the knob
-    threshold_pct: float | None = None  # the predicted loss a quality policy took per prompt to keep that tolerance
+    threshold_pct: float | None = None  # a calibrated quality policy's per-prompt threshold for that tolerance
 
     def summary(self) -> str:
         """One readable line per prompt: chosen steps and what the policy saw in each option."""
@@ -39,9 +39,11 @@ class StepChoice:
             lines = [f"AdaDiff: {self.steps} steps"]
             rows, unit = self.probs.tolist(), "{:.2f}"
         else:
-            calibrated = (f", calibrated for {self.tolerance_pct:.2g}% on average"
-                          if self.threshold_pct != self.tolerance_pct else "")
-            lines = [f"AdaDiff: {self.steps} steps (fewest whose predicted quality is within {self.threshold_pct:.2g}% "
+            if self.threshold_pct is None:
+                within, calibrated = self.tolerance_pct, ""
+            else:
+                within, calibrated = self.threshold_pct, f", calibrated for {self.tolerance_pct:.2g}% on average"
+            lines = [f"AdaDiff: {self.steps} steps (fewest whose predicted quality is within {within:.2g}% "
                      f"of {self.options[-1]} steps{calibrated}; predicted loss in % per option)"]
             rows, unit = self.predicted_loss_pct.tolist(), "{:.2f}%"
         for index, (steps, row) in enumerate(zip(self.per_prompt, rows)):
@@ -123,8 +125,9 @@ def choose_steps(
     if policy.config.objective == "quality":
         threshold = loss_threshold(policy.config, quality_bias)
         indices = first_within(outputs, threshold)
-        extras = {"probs": None, "predicted_loss_pct": outputs, "threshold_pct": threshold,
-                  "tolerance_pct": policy.config.tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias}
+        extras = {"probs": None, "predicted_loss_pct": outputs,
+                  "threshold_pct": threshold if policy.config.calibrated_thresholds_pct else None,
+                  "tolerance_pct": knob_tolerance(policy.config.tolerance_pct, quality_bias)}
     else:
         log_probs = torch.log_softmax(outputs, -1)
         position = torch.tensor([(o - options[0]) / (options[-1] - options[0]) for o in options])
@@ -141,18 +144,23 @@ def choose_steps(
     return StepChoice(max(per_prompt), tuple(per_prompt), options=options, **extras)
 
 
+def knob_tolerance(tolerance_pct: float, quality_bias: float) -> float:
+    """A loss in % at this knob position: divided by TOLERANCE_BIAS_BASE per unit of quality bias."""
+    return tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias
+
+
 def loss_threshold(config: PolicyConfig, quality_bias: float) -> float:
     """A quality policy's threshold on each prompt's predicted loss at this knob position: the tolerance itself, or,
     for a calibrated policy, the threshold held-out prompts showed keeps their average loss within the tolerance
     (interpolated between the calibrated positions; beyond them scaled as the tolerance is, by 10 per unit)."""
     calibrated = config.calibrated_thresholds_pct
     if not calibrated:
-        return config.tolerance_pct / TOLERANCE_BIAS_BASE ** quality_bias
+        return knob_tolerance(config.tolerance_pct, quality_bias)
     low, high = CALIBRATED_BIASES[0], CALIBRATED_BIASES[-1]
     if quality_bias <= low:
-        return calibrated[0] / TOLERANCE_BIAS_BASE ** (quality_bias - low)
+        return knob_tolerance(calibrated[0], quality_bias - low)
     if quality_bias >= high:
-        return calibrated[-1] / TOLERANCE_BIAS_BASE ** (quality_bias - high)
+        return knob_tolerance(calibrated[-1], quality_bias - high)
     upper = next(i for i, bias in enumerate(CALIBRATED_BIASES) if bias >= quality_bias)  # >= 1: bias > low
     left, right = CALIBRATED_BIASES[upper - 1], CALIBRATED_BIASES[upper]
     share = (quality_bias - left) / (right - left)

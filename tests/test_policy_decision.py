@@ -208,3 +208,13 @@ def test_a_calibrated_quality_policy_is_monotonic_in_the_knob(losses, biases):
 def test_calibrated_thresholds_that_could_mislead_the_knob_are_refused(calibrated, problem):
     with pytest.raises(ValueError, match=problem):
         PolicyConfig(objective="quality", calibrated_thresholds_pct=calibrated)
+
+
+def test_a_calibrated_threshold_equal_to_the_tolerance_is_still_called_calibrated():
+    """The grid fit searches holds the tolerance itself; the summary must not take such a policy for an old one."""
+    calibrated = (10.0, 5.0, 3.0, 2.0, 1.0, 0.5, 0.3, 0.2, 0.1)
+    choice = choose_steps(FixedLosses(torch.tensor([[2.0, 0.5, 0.0]]), (10, 20, 30), calibrated=calibrated),
+                          torch.randn(1, 77, 768))
+    assert choice.threshold_pct == 1.0 and "within 1% of 30 steps, calibrated for 1% on average" in choice.summary()
+    old = choose_steps(FixedLosses(torch.tensor([[2.0, 0.5, 0.0]]), (10, 20, 30)), torch.randn(1, 77, 768))
+    assert old.threshold_pct is None and "calibrated" not in old.summary()

@@ -4,7 +4,7 @@ A quality policy predicts each option's expected loss and takes the fewest steps
 threshold. With the tolerance itself as the threshold, every prompt's *expected* loss stays within it, and a prompt
 the policy cannot place between two step counts pays for the doubt with the larger one: on the known-answer
 benchmark (``benchmarks/known_answer.py``) such a policy lost 0.1-0.3% IQS on average where 1% was accepted, and kept
-80-84% of the true oracle's saving. Where predictions are too optimistic (heavy-tailed losses on few seeds) the same
+80-87% of the true oracle's saving. Where predictions are too optimistic (heavy-tailed losses on few seeds) the same
 rule loses more than the tolerance on average. Both are read off the validation prompts the fit held back: the
 threshold is the largest one at which their average observed loss (seed-averaged, against the largest option), plus
 CONFIDENCE_SE standard errors, stays within the tolerance, for every threshold up to it, so a noisy dip past the limit
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from ..policy.decision import TOLERANCE_BIAS_BASE, first_within
+from ..policy.decision import first_within, knob_tolerance
 from ..policy.network import CALIBRATED_BIASES
 
 # The average loss must stay within the tolerance by this many standard errors: a few validation prompts cannot
@@ -42,6 +42,6 @@ def calibrated_thresholds(predicted: torch.Tensor, observed: torch.Tensor, toler
     upper[0] = 0.0  # threshold 0 takes the largest option, the reference: it loses nothing by definition
     thresholds = []
     for bias in CALIBRATED_BIASES:
-        kept = int(torch.cumprod((upper <= tolerance_pct / TOLERANCE_BIAS_BASE ** bias).int(), 0).sum())
+        kept = int(torch.cumprod((upper <= knob_tolerance(tolerance_pct, bias)).int(), 0).sum())
         thresholds.append(float(candidates[kept - 1]))
     return tuple(thresholds)
