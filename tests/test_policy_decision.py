@@ -12,6 +12,7 @@ from adadiff.policy import (
     init_policy,
     option_logits,
 )
+from adadiff.policy.decision import loss_threshold
 from policy_helpers import policy_preferring, quality_policy_with_losses, random_conditioning
 
 
@@ -203,11 +204,33 @@ def test_a_calibrated_quality_policy_is_monotonic_in_the_knob(losses, biases):
 
 
 @pytest.mark.parametrize("calibrated, problem", [((1.0,) * 8, "9 finite"), ((1.0,) * 8 + (2.0,), "non-increasing"),
-                                                 ((float("nan"),) * 9, "finite"), ((-1.0,) * 9, "non-negative"),
+                                                 ((float("nan"),) * 9, "finite"), ((float("inf"),) * 9, "finite"),
+                                                 ((-1.0,) * 9, "non-negative"),
                                                  (("1",) * 9, "list of numbers"), ("1" * 9, "list of numbers")])
 def test_calibrated_thresholds_that_could_mislead_the_knob_are_refused(calibrated, problem):
     with pytest.raises(ValueError, match=problem):
         PolicyConfig(objective="quality", calibrated_thresholds_pct=calibrated)
+
+
+def test_calibrated_thresholds_may_be_zero_and_level():
+    """The calibration's grid starts at 0 and neighbouring knob positions may share a threshold."""
+    calibrated = (2.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.0, 0.0, 0.0)
+    assert PolicyConfig(objective="quality", calibrated_thresholds_pct=calibrated).calibrated_thresholds_pct == calibrated
+
+
+@pytest.mark.parametrize("calibrated", [("x",) * 1000, (1.0,) * 1000])
+def test_a_refused_threshold_list_is_named_in_at_most_200_characters(calibrated):
+    """A crafted file's list is quoted, not dumped onto the user's screen."""
+    with pytest.raises(ValueError) as refused:
+        PolicyConfig(objective="quality", calibrated_thresholds_pct=calibrated)
+    assert len(str(refused.value)) == 200
+
+
+def test_the_knob_at_a_calibrated_end_uses_that_ends_threshold_exactly():
+    """At -1 and +1 the threshold is the file's own number, not an interpolation that rounds away from it."""
+    calibrated = (0.45, 0.44, 0.4, 0.38, 0.36, 0.34, 0.33, 0.3, 0.03)
+    config = PolicyConfig(objective="quality", calibrated_thresholds_pct=calibrated)
+    assert loss_threshold(config, -1.0) == 0.45 and loss_threshold(config, 1.0) == 0.03
 
 
 def test_a_calibrated_threshold_equal_to_the_tolerance_is_still_called_calibrated():
