@@ -11,6 +11,7 @@ from adadiff.policy import PolicyConfig, PolicyFeatures, choose_steps, init_poli
 from adadiff.trainer.config import FitSettings, TrainerInputError
 from adadiff.trainer.evaluate import _checks, _verdict, evaluate_choices, evaluate_policy, policy_choices
 from adadiff.trainer.fit import LOSS_CLIP_PCT, fit_policy, policy_info, split_indices
+from adadiff.trainer.known_answer import known_answer_table
 from adadiff.trainer.table import (MEASURED, TABLE_FORMAT, TABLE_VERSION, RewardTable, TableFolder, chunk_count,
                                    features_name, load_table, probe_name, reference_name, unit_name)
 
@@ -447,6 +448,20 @@ def test_the_fit_summary_rounds_as_documented_and_times_the_fit():
     assert summary["fit_seconds"] == round(summary["fit_seconds"], 2) and 0 < summary["fit_seconds"] <= elapsed + 0.005
 
 
+def test_the_quality_summary_rounds_mean_steps_to_3_digits_and_the_threshold_to_4():
+    """On 3 validation prompts whose mean steps and threshold have more digits than the summary keeps."""
+    table = known_answer_table(12, sigma=0.01, width=16, options=(10, 20, 30, 40)).table
+    settings = FitSettings(**FAST)
+    result = fit_policy(table, settings, show_progress=False)
+    _, val = split_indices(len(table), settings.val_fraction, settings.fit_seed, table.prompts)
+    features = table.features
+    chosen = choose_steps(result.policy, PolicyFeatures(features.tokens[val], features.mask[val])).per_prompt
+    mean_steps, threshold = sum(chosen) / len(chosen), result.policy.config.calibrated_thresholds_pct[4]
+    assert round(mean_steps, 3) != round(mean_steps, 4) and round(threshold, 4) != round(threshold, 5)
+    assert result.summary["val_mean_steps"] == round(mean_steps, 3)
+    assert result.summary["threshold_pct"] == round(threshold, 4)
+
+
 def test_the_training_loss_is_the_mean_over_every_training_prompt():
     """With a learning rate too small to move the weights, a pass's reported loss is the initial policy's error on
     all 9 training prompts (batches of 4, 4 and 1, weighed by their size)."""
@@ -470,10 +485,11 @@ def test_sampled_reinforce_is_reproducible_from_its_seed():
 def test_the_fit_shows_its_progress_only_when_asked(capsys):
     fit_policy(tiny_table(), FitSettings(**FAST), show_progress=False)
     assert "fit policy" not in capsys.readouterr().err
-    fit_policy(tiny_table(), FitSettings(**FAST))
+    result = fit_policy(tiny_table(), FitSettings(**FAST))
     shown = capsys.readouterr().err
     assert "fit policy: " in shown and ("pass/s" in shown or "s/pass" in shown)
-    assert "val_score=" in shown and "best_pass=" in shown
+    last = result.history[-1]["val_score"]
+    assert f"best_pass={result.summary['best_epoch']}, val_score={last:.4f}]" in shown  # tqdm sorts the names
     assert "it/s" not in shown and "s/it" not in shown
 
 
