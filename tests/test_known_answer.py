@@ -56,3 +56,15 @@ def test_the_table_is_reproducible(signal):
     again = known_answer_table(20, sigma=0.01, signal=signal, **SIZE)
     assert torch.equal(first.table.iqs, again.table.iqs) and torch.equal(first.answer, again.answer)
     assert not torch.equal(known_answer_table(20, sigma=0.01, signal=signal, seed=5, **SIZE).table.iqs, first.table.iqs)
+
+
+def test_the_convergence_view_is_each_image_over_its_seeds_largest_option_capped():
+    """What a convergence reward would score: converged from the true answer on (noise-free), below it under the cap."""
+    known = known_answer_table(50, sigma=0.0, width=16)
+    view = known.convergence_table(0.98)
+    options = torch.arange(len(view.options))
+    converged = options[None, :] >= known.answer[:, None]
+    assert torch.allclose(view.iqs, (known.table.iqs / known.table.iqs[..., -1:]).clamp(max=0.98))
+    assert (view.iqs[converged[:, None, :].expand_as(view.iqs)] == 0.98).all()
+    assert (view.iqs[~converged[:, None, :].expand_as(view.iqs)] < 0.97).all()
+    assert view.description["reward"]["converged_at"] == 0.98 and view.prompts == known.table.prompts

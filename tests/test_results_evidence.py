@@ -88,6 +88,7 @@ def claim(readme: str, source: str, *getters: Callable) -> Claim:
 
 DEMO, CHEAP, RUN, RUN_LOG = ("benchmarks/results/demo_report.json", "benchmarks/results/cheap_table.txt",
                              "benchmarks/results/convergence_run_report.json", "benchmarks/results/convergence_run.txt")
+CHEAP_KNOWN = "benchmarks/results/cheap_table_known_answer.txt"
 POLICY_SPEED, FIT_SPEED = "benchmarks/results/policy_speed.txt", "benchmarks/results/fit_speed.txt"
 KNOWN_QUALITY = "benchmarks/results/known_answer_quality.json"
 ANALYSIS, MODEL = "trainer/embedded/reports/analysis.json", "trainer/embedded/model"
@@ -134,6 +135,19 @@ CLAIMS = [
     claim(r"its own mean steps by two standard errors \(# ± # and # ± #\)", CHEAP,
           text(r"full +table: .*?matched (\S+) ±"), text(r"full +table: .*?matched \S+ ± (\S+),"),
           text(r"bisect table: .*?matched (\S+) ±"), text(r"bisect table: .*?matched \S+ ± (\S+),")),
+    # benchmarks/cheap_table.py --known-answer (README "What it costs")
+    claim(r"a bisected table costs #x / #x / #x fewer sampling steps at seed noise 0 / 0\.01 / 0\.02", CHEAP_KNOWN,
+          *(text(rf"sigma={sigma} +sampling steps: (\S+)x") for sigma in (r"0\.0", r"0\.01", r"0\.02"))),
+    claim(r"so are their policies: #% against #% of the true oracle's saving, paired difference # ± # IQS",
+          CHEAP_KNOWN, text(r"sigma=0\.0 +bisect table: .*?policy: +(\S+)%"),
+          text(r"sigma=0\.0 +full +table: .*?policy: +(\S+)%"), text(r"sigma=0\.0 +bisect minus full .*?: (\S+) ±"),
+          text(r"sigma=0\.0 +bisect minus full .*?± (\S+) IQS")),
+    claim(r"It kept #% / #% of the true oracle's saving against the full table's #% / #%, with slightly more IQS "
+          r"\(# ± # / # ± #\)", CHEAP_KNOWN,
+          *(text(rf"sigma={sigma} +{name} +table: .*?policy: +(\S+)%") for name in ("bisect", "full")
+            for sigma in (r"0\.01", r"0\.02")),
+          *(text(rf"sigma={sigma} +bisect minus full .*?{part}") for sigma in (r"0\.01", r"0\.02")
+            for part in (r": (\S+) ±", r"± (\S+) IQS"))),
     claim(r"the full run's oracle: # mean steps", RUN, lambda r: r["oracle"]["mean_steps"]),
     claim(r"saves #% of the steps against 50 at an IQS \(SSIM to the 50-step image, capped at 0\.95\) of # against #, "
           r"a #% drop", RUN, lambda r: r["saving_vs_max"]["steps_pct"], lambda r: r["policy"]["iqs"],

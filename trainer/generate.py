@@ -268,7 +268,7 @@ def _bisect_units(table, source, reward, settings, chunk, seed, prompts, referen
             record(column, rows, probe)
     rendered = 0
     while True:
-        targets = _next_probes(values.get("iqs"), measured, cap)
+        targets = next_probes(values.get("iqs"), measured, cap)
         if (targets < 0).all():
             break
         for column in targets.unique().tolist():
@@ -296,7 +296,7 @@ def _bisect_units(table, source, reward, settings, chunk, seed, prompts, referen
     return rendered
 
 
-def _next_probes(iqs: torch.Tensor | None, measured: torch.Tensor, cap: float) -> torch.Tensor:
+def next_probes(iqs: torch.Tensor | None, measured: torch.Tensor, cap: float) -> torch.Tensor:
     """Per prompt, the option index to render next, or -1 when its first converged option is pinned down.
 
     Order: the fewest-step option and the largest (the curve's ends), then bisection between the last option known

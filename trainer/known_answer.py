@@ -42,6 +42,15 @@ class KnownAnswer:
         return RewardTable(table.prompts, table.options, (0,), table.features, iqs, {}, table.time_s[:, :1],
                            table.description)
 
+    def convergence_table(self, converged_at: float) -> RewardTable:
+        """The table a convergence reward would give: each image's IQS over the same seed's at the largest option
+        (the reference), capped at ``converged_at``; for the bisecting search, whose inference needs a cap."""
+        table = self.table
+        iqs = (table.iqs / table.iqs[..., -1:]).clamp(max=converged_at)
+        reward = {"name": "known-answer convergence", "converged_at": converged_at}
+        return RewardTable(table.prompts, table.options, table.seeds, table.features, iqs, {}, table.time_s,
+                           {**table.description, "reward": reward})
+
 
 def known_answer_table(n_prompts: int, *, sigma: float, signal: bool = True, seeds: int = 2, width: int = 768,
                        options: tuple[int, ...] = PAPER_OPTIONS, long_share: float = 0.15, world_seed: int = 0,
