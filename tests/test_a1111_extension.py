@@ -248,6 +248,15 @@ def test_about_box_warns_when_the_policy_is_for_another_model_family(host, token
     assert describe("p.safetensors").startswith("AdaDiff policy p.safetensors")
 
 
+def test_the_about_box_loads_no_checkpoint(host):
+    """Asking which checkpoint is loaded, while the UI is built and on a change, loads none: the webui's
+    ``shared.sd_model`` would (minutes, and against ``--skip-load-model-at-start``)."""
+    describe = host.accordion.controls[1].listeners["change"][0][0]
+    assert describe("known.safetensors").startswith("AdaDiff policy known.safetensors")
+    assert _about_box(host.dropdown).value.startswith("AdaDiff policy known.safetensors")
+    assert webui.sd_models.model_data.loads == 0 and webui.sd_models.model_data.sd_model is None
+
+
 # --- the accordion in jobs ---------------------------------------------------------------------------------------
 
 
