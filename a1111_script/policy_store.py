@@ -14,6 +14,7 @@ import contextlib
 from pathlib import Path
 
 from ..policy import PolicyCache, PolicyFileError, StepPolicy, describe, read_metadata
+from ..policy.bounded import short_text
 
 POLICY_SUFFIX = ".safetensors"
 EXTENSION_POLICY_FOLDER = Path(__file__).resolve().parent.parent / "policies"
@@ -70,9 +71,10 @@ class PolicyStore:
 
 @contextlib.contextmanager
 def _errors_naming_only(path: Path):
-    """Re-raise a policy file's error with its absolute path replaced by the file name."""
+    """Re-raise a policy file's error with its absolute path replaced by the file name, also where the reader
+    shortened a long path (first and last characters, so the folder's start would show)."""
     try:
         yield
     except PolicyFileError as error:
-        message = str(error).replace(str(path), path.name)
+        message = str(error).replace(str(path), path.name).replace(short_text(path), path.name)
         raise type(error)(message) from error

@@ -14,7 +14,7 @@ import copy
 from pathlib import Path
 
 import torch
-from modules import devices, paths, processing, script_callbacks, scripts, shared
+from modules import devices, paths, processing, script_callbacks, scripts, sd_models, shared
 
 from .job import JOB_ATTRIBUTE, REQUEST_ATTRIBUTE, choose_batch_steps, current_job, start_job
 from .policy_store import EXTENSION_POLICY_FOLDER, PolicyStore
@@ -52,11 +52,13 @@ def sampler_least_steps(p) -> tuple[int, str]:
 
 
 def checkpoint_family() -> str | None:
-    """The loaded checkpoint's model family, when the webui flags it as one AdaDiff knows."""
-    try:
-        model = shared.sd_model
-    except Exception:  # noqa: BLE001  no checkpoint loaded (or loading failed): nothing to compare with
-        return None
+    """The loaded checkpoint's model family, when the webui flags it as one AdaDiff knows; None before one is loaded.
+
+    Read from ``sd_models.model_data`` (A1111 v1.10.1 and Forge): ``shared.sd_model`` loads the checkpoint on first
+    access, and this runs while the UI is built, which would wait for the load and defeat
+    ``--skip-load-model-at-start``.
+    """
+    model = sd_models.model_data.sd_model
     return next((family for flag, family in FAMILY_FLAGS.items() if getattr(model, flag, False)), None)
 
 

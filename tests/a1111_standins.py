@@ -25,7 +25,8 @@ the behaviour the extension depends on is reproduced:
   ``restore_ui_config``: every labelled component's value, except those marked ``do_not_save_to_config``; a restored
   dropdown value must be among its choices and is handed to the dropdown's ``init_field``).
 * ``modules.shared.state``, ``opts.uni_pc_order`` and ``sd_model`` (with the ``is_sd1``/``is_sd2``/``is_sdxl``
-  flags), ``modules.devices.autocast``, ``modules.paths.models_path``, ``modules.ui_common.create_refresh_button``.
+  flags; a property that loads the checkpoint on first access, over ``modules.sd_models.model_data``, which does
+  not), ``modules.devices.autocast``, ``modules.paths.models_path``, ``modules.ui_common.create_refresh_button``.
 * ``gradio``: the webui's own gradio (3.41.2 on A1111, 4.40 on Forge) cannot be installed next to this project's
   test pins (it needs pillow < 11 and numpy 1.x), so the component classes the extension uses are stood in for
   with keyword parameters limited to those both gradio versions accept: an argument gradio 3 or 4 would reject fails
@@ -590,6 +591,38 @@ class StandInModel:
         return {"crossattn": crossattn, "vector": vector}
 
 
+class SdModelData:
+    """``modules.sd_models.model_data``: ``shared.sd_model`` reads it through ``get_sd_model``, which loads the
+    checkpoint when none was loaded yet (minutes on a real webui; ``--skip-load-model-at-start`` defers that load to
+    the first job). ``loads`` counts those loads."""
+
+    def __init__(self):
+        self.sd_model = None
+        self.was_loaded_at_least_once = False
+        self.loads = 0
+
+    def get_sd_model(self):
+        if self.sd_model is None and not self.was_loaded_at_least_once:
+            self.loads += 1
+            self.sd_model, self.was_loaded_at_least_once = StandInModel(), True
+        return self.sd_model
+
+    def set_sd_model(self, value):
+        self.sd_model = value
+
+
+class _Shared(types.ModuleType):
+    """``modules.shared``'s class (``shared_items.Shared``): ``sd_model`` is a property over ``model_data``."""
+
+    @property
+    def sd_model(self):
+        return sys.modules["modules.sd_models"].model_data.get_sd_model()
+
+    @sd_model.setter
+    def sd_model(self, value):
+        sys.modules["modules.sd_models"].model_data.set_sd_model(value)
+
+
 def prompt_states(prompt: str, tokens: int = 77, width: int = 768) -> torch.Tensor:
     generator = torch.Generator().manual_seed(zlib.crc32(prompt.encode("utf-8")))
     return torch.randn(tokens, width, generator=generator)
@@ -604,14 +637,15 @@ def _module(name: str, **names) -> types.ModuleType:
     return module
 
 
-shared = _module("modules.shared", state=state, opts=opts, sd_model=None,  # sd_model: the loaded checkpoint
-                 prompt_styles=StyleDatabase())
+shared = _module("modules.shared", state=state, opts=opts, prompt_styles=StyleDatabase())
+shared.__class__ = _Shared  # sd_model: the loaded checkpoint, through modules.sd_models.model_data
+sd_models = _module("modules.sd_models", model_data=SdModelData())
 
 
 def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
     """Fresh stand-in modules by import name, ready for ``monkeypatch.setitem(sys.modules, ...)``."""
     state.job_count, state.interrupted = -1, False
-    shared.sd_model = None
+    sd_models.model_data = SdModelData()  # no checkpoint loaded yet
     shared.prompt_styles = StyleDatabase()
     refresh_buttons.clear()
     infotext_pasted_callbacks.clear()
@@ -627,6 +661,7 @@ def standin_modules(models_path: str) -> dict[str, types.ModuleType]:
         "infotext_utils": _module("modules.infotext_utils", quote=quote, unquote=unquote,
                                   parse_generation_parameters=parse_generation_parameters),
         "shared": shared,
+        "sd_models": sd_models,
         "script_callbacks": _module("modules.script_callbacks", on_infotext_pasted=on_infotext_pasted),
         "devices": _module("modules.devices", autocast=autocast),
         "paths": _module("modules.paths", models_path=models_path),

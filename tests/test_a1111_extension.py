@@ -230,16 +230,31 @@ def test_refresh_after_adding_the_first_policy_selects_it(models, policy_bytes):
     assert refresh() == {"__type__": "update", "choices": ["new.safetensors"]}, "a selection is kept"
 
 
-def test_about_box_warns_when_the_policy_is_for_another_model_family(host):
-    webui.shared.sd_model = webui.StandInModel("sdxl")
+@pytest.mark.parametrize("token_dim, made_for, loaded, other", [(768, "SD1.x", "SDXL", "sdxl"),
+                                                                (2048, "SDXL", "SD1.x", "sd15")])
+def test_about_box_warns_when_the_policy_is_for_another_model_family(host, token_dim, made_for, loaded, other):
+    """A policy made for one family on a checkpoint of the other is announced first; on its own family, or with no
+    checkpoint loaded, the box just describes it."""
+    config = PolicyConfig(options=OPTIONS, token_dim=token_dim, width=16, depth=1, heads=2)
+    save_policy(init_policy(config), host.policies / "p.safetensors")
     describe = host.accordion.controls[1].listeners["change"][0][0]
-    warning = describe("known.safetensors")
-    assert warning.startswith("Warning: this policy was made for SD1.x"), warning
-    assert "the loaded checkpoint is SDXL" in warning and "step options:   4, 8, 12, 16" in warning
-    webui.shared.sd_model = webui.StandInModel("sd15")
-    assert describe("known.safetensors").startswith("AdaDiff policy known.safetensors")
+    webui.shared.sd_model = webui.StandInModel(other)
+    warning = describe("p.safetensors")
+    assert warning.startswith(f"Warning: this policy was made for {made_for} checkpoints"), warning
+    assert f"the loaded checkpoint is {loaded}" in warning and "step options:   4, 8, 12, 16" in warning
+    webui.shared.sd_model = webui.StandInModel({"sdxl": "sd15", "sd15": "sdxl"}[other])
+    assert describe("p.safetensors").startswith("AdaDiff policy p.safetensors")
     webui.shared.sd_model = None
+    assert describe("p.safetensors").startswith("AdaDiff policy p.safetensors")
+
+
+def test_the_about_box_loads_no_checkpoint(host):
+    """Asking which checkpoint is loaded, while the UI is built and on a change, loads none: the webui's
+    ``shared.sd_model`` would (minutes, and against ``--skip-load-model-at-start``)."""
+    describe = host.accordion.controls[1].listeners["change"][0][0]
     assert describe("known.safetensors").startswith("AdaDiff policy known.safetensors")
+    assert _about_box(host.dropdown).value.startswith("AdaDiff policy known.safetensors")
+    assert webui.sd_models.model_data.loads == 0 and webui.sd_models.model_data.sd_model is None
 
 
 # --- the accordion in jobs ---------------------------------------------------------------------------------------

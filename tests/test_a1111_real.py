@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import sys
 import urllib.error
 import urllib.request
 from typing import Callable
@@ -84,12 +85,15 @@ def assert_steps_change_the_image(generate_at: Callable[[int], bytes], few: int 
                     "step count ran; load a checkpoint whose images change with the step count")
 
 
-@pytest.fixture(scope="module")
-def webui_url() -> str:
+def checked_url() -> str:
+    """The webui to test, once its checkpoint is known to give a different image at 2 and 6 steps."""
     if not URL:
         pytest.skip("set ADADIFF_WEBUI_URL to a running webui with the extension to run")
     assert_steps_change_the_image(lambda steps: generate(prompt=PROMPTS[3], steps=steps)[0][0])
     return URL
+
+
+webui_url = pytest.fixture(checked_url, scope="module", name="webui_url")  # the fixture is the function tested below
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +111,32 @@ def test_the_guard_refuses_a_checkpoint_that_ignores_the_step_count():
     with pytest.raises(pytest.fail.Exception, match="same image at 2 and 6 steps"):
         assert_steps_change_the_image(lambda steps: b"identical pixels")
     assert_steps_change_the_image(lambda steps: bytes([steps]))
+
+
+def _answers_like_a_webui(shade_at: Callable[[int], int]) -> Callable:
+    """``call`` answered as a webui would: txt2img's one image is grey ``shade_at(steps)``, png-info reads Steps."""
+    from PIL import Image
+
+    def answer(path: str, payload: dict | None = None) -> dict:
+        if path == "/sdapi/v1/png-info":
+            return {"parameters": {"Steps": "5"}}
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (shade_at(payload["steps"]),) * 3).save(buffer, format="PNG")
+        infotext = f"{payload['prompt']}\nSteps: {payload['steps']}, Seed: {payload['seed']}"
+        return {"images": [base64.b64encode(buffer.getvalue()).decode()], "info": json.dumps({"infotexts": [infotext]})}
+
+    return answer
+
+
+def test_the_webui_fixture_runs_the_guard_before_any_test(monkeypatch):
+    """Runs without a webui: a checkpoint whose image ignores the step count fails every real-webui test."""
+    module = sys.modules[__name__]
+    monkeypatch.setattr(module, "URL", "http://webui")
+    monkeypatch.setattr(module, "call", _answers_like_a_webui(lambda steps: 128))
+    with pytest.raises(pytest.fail.Exception, match="same image at 2 and 6 steps"):
+        checked_url()
+    monkeypatch.setattr(module, "call", _answers_like_a_webui(lambda steps: 20 * steps))
+    assert checked_url() == "http://webui"
 
 
 def settings_text(policy: str, knob="0", min_steps=1, max_steps=150, requested=USER_STEPS) -> str:

@@ -1,5 +1,6 @@
 """The extension's host-independent parts: settings from untyped control values, the infotext round trip, and the
 policy folders with their reload-on-change cache."""
+import errno
 import os
 import subprocess
 import sys
@@ -74,13 +75,37 @@ def test_store_lists_both_folders_first_folder_wins(tmp_path):
         store.path("c.safetensors")
 
 
-def test_store_errors_name_the_file_never_its_folder(tmp_path):
-    (tmp_path / "broken.safetensors").write_bytes(b"not a policy")
-    store = PolicyStore({"models/adadiff": tmp_path})
+def _damaged(folder, monkeypatch):
+    (folder / "broken.safetensors").write_bytes(b"not a policy")
+
+
+def _unreadable(folder, monkeypatch):
+    """A policy the webui's user may not read: the reader's message shortens a path over 80 characters."""
+    path = str(_write_policy(folder / "broken.safetensors", 0))
+    real_open = os.open
+
+    def no_permission(name, *args, **kwargs):
+        if str(name) == path:
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return real_open(name, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_permission)
+
+
+@pytest.mark.parametrize("folder_name, problem", [
+    ("adadiff", _damaged),
+    ("home/alice-the-artist/stable-diffusion-webui/models/adadiff", _unreadable),
+])
+def test_store_errors_name_the_file_never_its_folder(tmp_path, monkeypatch, folder_name, problem):
+    """Messages reach every image's infotext: they name the file, never a piece of its folder, even shortened."""
+    folder = tmp_path / folder_name
+    folder.mkdir(parents=True)
+    problem(folder, monkeypatch)
+    store = PolicyStore({"models/adadiff": folder})
     for read in (store.load, store.describe, store.token_width):
         with pytest.raises(PolicyFileError) as error:
             read("broken.safetensors")
-        assert str(error.value).startswith("broken.safetensors: ") and str(tmp_path) not in str(error.value)
+        assert str(error.value).startswith("broken.safetensors: ") and str(folder)[:20] not in str(error.value)
 
 
 def test_requested_steps_round_trip_and_restore_the_pasted_steps():

@@ -96,7 +96,9 @@ def test_pickle_renamed_is_refused_without_unpickling(tmp_path):
             return (pytest.fail, ("the loader unpickled a file",))
 
     path.write_bytes(pickle.dumps(Boom()))
-    _assert_error(path, "pickle", "never unpickles")
+    remedy = "Get the .safetensors policy file, or make one with adadiff-train"
+    message = _assert_error(path, "pickle", "never unpickles", remedy)
+    assert "save_policy" not in message, "a user makes policies with the trainer's command, not a Python function"
 
 
 def test_torch_save_zip_renamed_is_refused(tmp_path, saved):

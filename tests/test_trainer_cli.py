@@ -267,3 +267,20 @@ def test_demo_refuses_to_overwrite_an_earlier_demo(tmp_path, capsys):
     (tmp_path / "report.json").write_text("{}")
     code, err = run_cli(["demo", "--out", str(tmp_path)], capsys)
     assert code == 2 and "report.json exists and would be overwritten; pass --force" in err
+
+
+def _subcommands():
+    import argparse
+
+    (commands,) = [a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return list(commands.choices)
+
+
+@pytest.mark.parametrize("command", [[]] + [[name] for name in _subcommands()], ids=lambda c: " ".join(c) or "top")
+def test_help_prints_usage_for_the_command_and_every_subcommand(command, capsys):
+    """``adadiff-train [command] --help`` prints its usage and exits 0 (a help text's stray % once crashed it)."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    assert out.startswith(f"usage: adadiff-train {' '.join(command)}".rstrip()) and "--help" in out

@@ -220,7 +220,8 @@ class JobSettings:
 
 
 def add_flags(parser: argparse.ArgumentParser, settings_class: type, only: set[str] | None = None) -> None:
-    """One ``--flag`` per setting; unset flags stay absent so the TOML file and the defaults can fill them."""
+    """One ``--flag`` per setting; unset flags stay absent so the TOML file and the defaults can fill them.
+    A help text is plain prose: argparse would read its ``%`` as a format, so it is escaped here."""
     group = parser.add_argument_group(settings_class.__doc__.split(":")[0].lower())
     for item in fields(settings_class):
         if not item.metadata["flag"] or (only is not None and item.name not in only):
@@ -228,10 +229,10 @@ def add_flags(parser: argparse.ArgumentParser, settings_class: type, only: set[s
         flag = "--" + item.name.replace("_", "-")
         if item.default is False:
             group.add_argument(flag, dest=item.name, action="store_true", default=argparse.SUPPRESS,
-                               help=item.metadata["help"])
+                               help=item.metadata["help"].replace("%", "%%"))
         else:
-            group.add_argument(flag, dest=item.name, default=argparse.SUPPRESS,
-                               help=f"{item.metadata['help']} (default: {_shown(item.default)})")
+            help_text = f"{item.metadata['help']} (default: {_shown(item.default)})"
+            group.add_argument(flag, dest=item.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
 
 
 def read_config_file(path: str | Path | None) -> dict:
