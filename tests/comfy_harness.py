@@ -23,6 +23,9 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE_DIR = REPO_ROOT / ".cache"
 BUNDLED_COMFYUI = "0.3.75"
@@ -298,6 +301,30 @@ class ComfyServer:
 
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def assert_checkpoint_reacts_to_steps(server: ComfyServer, checkpoint: str, few: int = 2, many: int = 6) -> None:
+    """A test of step choices proves nothing on a checkpoint whose images do not change with the step count (a
+    random one with zeroed output layers gives one image at every count): render the same seed at two counts."""
+    images = []
+    for steps in (few, many):
+        run = server.run({
+            "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
+            "2": {"class_type": "CLIPTextEncode", "inputs": {"text": "a red cube", "clip": ["1", 1]}},
+            "3": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+            "4": {"class_type": "KSampler", "inputs": {
+                "model": ["1", 0], "seed": 0, "steps": steps, "cfg": 1.0, "sampler_name": "euler",
+                "scheduler": "normal", "positive": ["2", 0], "negative": ["2", 0], "latent_image": ["3", 0],
+                "denoise": 1.0}},
+            "5": {"class_type": "VAEDecode", "inputs": {"samples": ["4", 0], "vae": ["1", 2]}},
+            "6": {"class_type": "SaveImage", "inputs": {"images": ["5", 0], "filename_prefix": f"steps_guard_{steps}"}}})
+        assert run.status == "success", run.error
+        saved = run.outputs("6")["images"][0]
+        with Image.open(server.base_dir / "output" / saved["subfolder"] / saved["filename"]) as image:
+            images.append(np.asarray(image, dtype=np.float64))
+    difference = np.abs(images[0] - images[1]).mean()
+    assert difference > 1.0, (f"{checkpoint}: the images at {few} and {many} steps differ by {difference:.3f} of 255 "
+                              f"on average; a checkpoint that ignores the step count cannot test step choices")
 
 
 def api_graph_from_workflow(workflow: dict, server: ComfyServer) -> dict:

@@ -11,7 +11,8 @@ import pytest
 from adadiff.policy import load_policy
 
 from comfy_checkpoint import cached_tiny_sd15
-from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
+from comfy_harness import (CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, assert_checkpoint_reacts_to_steps,
+                           comfyui_dir, install_requirements)
 
 CHECKPOINT = "tiny-sd15.safetensors"
 PROMPTS = "a red cube\ntwo blue balls on a table\na small green cone\nthree tiny striped shapes"
@@ -36,6 +37,7 @@ def base(tmp_path_factory):
 def comfy(base):
     server = ComfyServer(*base)
     server.start()
+    assert_checkpoint_reacts_to_steps(server, CHECKPOINT)
     yield server
     server.stop()
 

@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from adadiff.policy import PolicyConfig, choose_steps, init_policy, load_policy, save_policy
 
 from comfy_checkpoint import cached_tiny_sd15
-from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, comfyui_dir, install_requirements
+from comfy_harness import (CACHE_DIR, REPO_ROOT, ComfyServer, api_graph_from_workflow, assert_checkpoint_reacts_to_steps,
+                           comfyui_dir, install_requirements)
 from policy_helpers import quality_policy_with_losses, write_crafted_policy
 
 CHECKPOINT = "tiny-sd15.safetensors"
@@ -56,6 +57,7 @@ def comfy(tmp_path_factory):
     extra_paths.write_text(f"adadiff_tests:\n    base_path: {base / 'shared_models'}\n    adadiff: policies\n")
     server = ComfyServer(comfy_dir, base)
     server.start("--extra-model-paths-config", str(extra_paths))
+    assert_checkpoint_reacts_to_steps(server, CHECKPOINT)
     # What a first start shows: the pack made models/adadiff/, and the empty list says where policies go.
     server.first_start = {"policy_folder_made": policies.is_dir(),
                           "policy_input": server.object_info("AdaDiffStepSelector")["input"]["required"]["policy"],
@@ -344,17 +346,16 @@ def test_every_template_has_a_thumbnail_drawn_from_its_graph(tmp_path):
     example_workflows/render_thumbnails.py draws."""
     from PIL import Image
 
-    folder = REPO_ROOT / "example_workflows"
-    for name in TEMPLATES:
+    folder, templates = REPO_ROOT / "example_workflows", sorted([*TEMPLATES, CALIBRATION_TEMPLATE])
+    for name in templates:
         with Image.open(folder / f"{name}.jpg") as thumbnail:
             assert thumbnail.format == "JPEG" and thumbnail.size == (512, 512)
-    for name in TEMPLATES:
         shutil.copy(folder / f"{name}.json", tmp_path)
     spec = importlib.util.spec_from_file_location("render_thumbnails", folder / "render_thumbnails.py")
     renderer = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(renderer)
-    assert sorted(path.stem for path in renderer.main(tmp_path)) == sorted(TEMPLATES)
-    for name in TEMPLATES:
+    assert sorted(path.stem for path in renderer.main(tmp_path)) == templates
+    for name in templates:
         with Image.open(tmp_path / f"{name}.jpg") as drawn, Image.open(folder / f"{name}.jpg") as committed:
             assert drawn.size == committed.size
 
