@@ -177,3 +177,15 @@ def test_a1111_weights_scale_tokens_and_keep_each_chunks_mean(pipelines):
     scale = plain[0, chunk].mean() / (plain[0, chunk] * torch.tensor([1.5 if i == 2 else 1.0 for i in range(77)])[:, None]).mean()
     torch.testing.assert_close(weighted[0, 77 + 2], plain[0, 77 + 2] * 1.5 * scale, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(weighted[0, :77], plain[0, :77], atol=1e-6, rtol=0)  # an unweighted chunk is as it was
+
+
+def test_sdxl_a1111_weights_keep_each_text_encoders_own_mean(pipelines):
+    """Under ``a1111`` SDXL's CLIP-L and CLIP-G states are each rescaled to their own chunk mean, as the webui weighs
+    inside each embedder before joining them, not the joined [77, 768 + 1280] chunk to one mean."""
+    pipe = pipelines["sdxl"]
+    (weighted, _), (plain, _) = encode_with_syntax(pipe, ["a (red:1.5) circle on a [blue] square",
+                                                          "a red circle on a blue square"], "a1111")
+    width = pipe.text_encoder.config.hidden_size
+    for half in (slice(0, width), slice(width, None)):
+        torch.testing.assert_close(weighted[0, :, half].mean(), plain[0, :, half].mean(), atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(weighted, plain, atol=1e-3)  # the weights did change the states

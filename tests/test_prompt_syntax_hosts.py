@@ -43,6 +43,7 @@ from adadiff.trainer.evaluate import policy_choices
 from adadiff.trainer.fit import fit_policy, policy_info
 from adadiff.trainer.generate import PipelineSource, generate_table
 from adadiff.trainer.models import host_conditioning
+from adadiff.trainer.prompt_syntax import comfyui_chunks
 from adadiff.trainer.table import RewardTable, load_table
 
 from comfy_checkpoint import cached_tiny_sd15
@@ -54,6 +55,11 @@ A1111_FIXTURE = Path(__file__).parent / "fixtures" / "a1111_v1.10.1_sd15_prompts
 SUMMARY_ROWS = (1, -76)  # first prompt token of the first and of the last chunk
 PROJECTION_WIDTH = 8
 OPTIONS = (1, 2, 3)
+# ComfyUI's reading is also checked on a rule of its own, kept out of PROMPTS (which the A1111 fixture was made
+# for): a weighted piece under 8 tokens that would straddle the 75-token cut (73 + 3 tokens here) moves whole into
+# the next chunk.
+COMFYUI_PROMPTS = (*PROMPTS, " ".join(["cat"] * 73) + " (big red fox:1.2)")
+COMFYUI_CHUNKS = (1, 1, 1, 1, 1, 2, 2, 3, 2)
 
 
 def fixture_summary(states: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -101,21 +107,22 @@ def comfyui_encodings(comfy_dir: Path, checkpoint: Path, prompts, folder: Path) 
 
 @pytest.fixture(scope="module")
 def comfyui_reference(comfy_dir, checkpoint, tmp_path_factory) -> dict[str, torch.Tensor]:
-    """Real ComfyUI's CLIPTextEncode of every prompt in PROMPTS, on the checkpoint."""
-    return comfyui_encodings(comfy_dir, checkpoint, PROMPTS, tmp_path_factory.mktemp("comfyui-encode"))
+    """Real ComfyUI's CLIPTextEncode of every prompt in COMFYUI_PROMPTS, on the checkpoint."""
+    return comfyui_encodings(comfy_dir, checkpoint, COMFYUI_PROMPTS, tmp_path_factory.mktemp("comfyui-encode"))
 
 
 def test_comfyui_syntax_equals_real_comfyui_clip_text_encode(pipe, comfyui_reference):
     reference = comfyui_reference
-    ours = host_conditioning(pipe, PROMPTS, "comfyui")
+    ours = host_conditioning(pipe, COMFYUI_PROMPTS, "comfyui")
     chunks = []
-    for index, (prompt, (states, pooled)) in enumerate(zip(PROMPTS, ours)):
+    for index, (prompt, (states, pooled)) in enumerate(zip(COMFYUI_PROMPTS, ours)):
         expected = reference[f"cond.{index}"]
         assert states.shape == expected.shape, prompt
         torch.testing.assert_close(states, expected, atol=1e-5, rtol=0, msg=lambda m: f"{prompt!r}: {m}")
         assert pooled is None  # SD1.x: the policy reads no pooled vector (A1111 has none)
         chunks.append(states.shape[1] // 77)
-    assert chunks == [1, 1, 1, 1, 1, 2, 2, 3]  # the long prompts really span several chunks
+    assert chunks == list(COMFYUI_CHUNKS)  # the long prompts really span several chunks
+    assert [len(c.ids) for c in comfyui_chunks(pipe.tokenizer, COMFYUI_PROMPTS[-1])] == [73, 3]  # it straddles
     plain = host_conditioning(pipe, PROMPTS, "plain")  # what the trainer read before: far from the host
     assert (plain[1][0] - reference["cond.1"]).abs().max() > 0.1
 
@@ -126,9 +133,9 @@ def test_the_trainers_table_features_equal_what_the_comfyui_selector_reads(pipe,
     on the same checkpoint (all prompts as one conditioning list, as Conditioning Combine hands them to the Step
     Selector): tokens within 1e-5, masks equal, and a policy reads the same probabilities from both."""
     comfyui = policy_features([[comfyui_reference[f"cond.{i}"], {"pooled_output": comfyui_reference[f"pooled.{i}"]}]
-                               for i in range(len(PROMPTS))])
-    trainer = PipelineSource(pipe, GenerateSettings(prompt_syntax="comfyui")).features(PROMPTS)
-    assert trainer.mask.sum(1).tolist() == [77 * chunks for chunks in (1, 1, 1, 1, 1, 2, 2, 3)]
+                               for i in range(len(COMFYUI_PROMPTS))])
+    trainer = PipelineSource(pipe, GenerateSettings(prompt_syntax="comfyui")).features(COMFYUI_PROMPTS)
+    assert trainer.mask.sum(1).tolist() == [77 * chunks for chunks in COMFYUI_CHUNKS]
     assert torch.equal(trainer.mask, comfyui.mask)
     torch.testing.assert_close(trainer.tokens, comfyui.tokens, atol=1e-5, rtol=0)
     assert trainer.pooled is None  # SD1.x: no pooled vector in the table; the policy reads none from ComfyUI either

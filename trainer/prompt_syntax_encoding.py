@@ -10,7 +10,8 @@ Weights (``weights != 1``) change the states after the encoder, differently per 
 * ComfyUI: ``z_empty + (z - z_empty) * w`` per token, where ``z_empty`` is the empty prompt's chunk at the same
   position (only tokens whose weight is not 1 are touched);
 * A1111 ("Original" emphasis): ``z * w``, then the chunk is rescaled so its mean over all tokens and channels is
-  what it was before weighting. The webui takes that mean over the whole batch it encodes at once; here it is taken
+  what it was before weighting, per text encoder (SDXL's CLIP-L and CLIP-G states each keep their own mean, as the
+  webui weighs inside each embedder before joining them). The webui takes that mean over the whole batch it encodes at once; here it is taken
   per prompt, as the webui does for a batch of one prompt (ComfyUI always encodes one prompt at a time).
 
 The pooled vector is never weighted (both hosts take it before weighting).
@@ -55,17 +56,18 @@ def encode_with_syntax(pipe, prompts: Sequence[str], syntax: PromptSyntax
     for encoder in _encoders(pipe):
         ids = torch.tensor([_chunk_ids(tokenizer, chunk, encoder.pad_id) for chunk in [*all_chunks, empty]])
         z, pooled_all = _run(encoder, ids.to(encoder.model.device))
-        states.append(z)
+        # Weighed per encoder, before SDXL's two are joined: A1111 weighs inside each embedder, so CLIP-L and
+        # CLIP-G each keep their own chunk mean (ComfyUI's formula is per element, so the order does not matter).
+        z_empty, z = z[-1], z[:-1]
+        states.append(torch.stack([_weigh(z[i], _chunk_weights(chunk, z.shape[1]).to(z), z_empty, syntax)
+                                   for i, chunk in enumerate(all_chunks)]))
         if encoder.pooled:
             pooled = pooled_all
     z = torch.cat(states, dim=-1)
-    z_empty, z = z[-1], z[:-1]
     results, start = [], 0
     for chunks in chunks_per_prompt:
-        weighted = [_weigh(z[start + i], _chunk_weights(chunk, z.shape[1]).to(z), z_empty, syntax)
-                    for i, chunk in enumerate(chunks)]
         first_pooled = None if pooled is None else pooled[start:start + 1]
-        results.append((torch.cat(weighted, dim=0).unsqueeze(0), first_pooled))
+        results.append((z[start:start + len(chunks)].reshape(1, -1, z.shape[-1]), first_pooled))
         start += len(chunks)
     return results
 
