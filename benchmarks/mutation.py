@@ -54,7 +54,7 @@ GROUPS = {
     "policy-files": {
         "mutate": ["policy/features.py", "policy/fileformat.py", "policy/bounded.py", "policy/cache.py",
                    "policy/describe.py", "policy/errors.py"],
-        "tests": _POLICY_TESTS,
+        "tests": [*_POLICY_TESTS, "tests/test_a1111_settings.py"],  # the webui's policy store: cache and describe
     },
 }
 
@@ -80,6 +80,12 @@ def stage(group: str, where: Path) -> Path:
         shutil.rmtree(where)
     package = where / "adadiff"
     shutil.copytree(ROOT, package, ignore=lambda _dir, names: [n for n in names if n in SKIP or n.endswith(".egg-info")])
+    write_config(group, where)
+    return where
+
+
+def write_config(group: str, where: Path) -> None:
+    """mutmut's configuration for ``group``: the modules it mutates and the test files it runs, as GROUPS says now."""
     spec = GROUPS[group]
     tests = [t for t in spec["tests"] if (ROOT / t).exists()]
     lines = ["[mutmut]", "source_paths ="]
@@ -90,7 +96,6 @@ def stage(group: str, where: Path) -> Path:
     lines += [f"    --deselect=adadiff/{test}" for test in _SLOW_TESTS]
     lines += ["process_isolation = forkserver", "use_git_change_detection = false", ""]
     (where / "setup.cfg").write_text("\n".join(lines))
-    return where
 
 
 def _env() -> dict:
@@ -107,7 +112,9 @@ def run(where: Path, children: int) -> None:
 def rerun_unkilled(where: Path, children: int, survivors_only: bool = False) -> None:
     """After adding tests: bring the repository's tests into a staged run and test again only the mutants it has not
     killed (survivors, mutants without tests, and those a stopped run never reached); killed ones stay killed, since
-    tests were only added. mutmut maps the new tests to the functions they reach before running."""
+    tests were only added (to the files or to the group's list). mutmut maps the new tests to the functions they
+    reach before running."""
+    write_config(where.name, where)
     for copy in (where / "adadiff" / "tests", where / "mutants" / "adadiff" / "tests"):
         shutil.copytree(ROOT / "tests", copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
     names = [line.strip().rsplit(": ", 1)[0] for line in results(where).splitlines()

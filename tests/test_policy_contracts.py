@@ -1,9 +1,16 @@
 """Exact promises of the policy's decision and network that the mutation run (`make mutation`) found unguarded."""
+import os
+import socket
+import stat
+from pathlib import Path
+
 import pytest
 import torch
 
 from adadiff.policy import PolicyConfig, PolicyFeatures, StepChoice, init_policy
+from adadiff.policy.bounded import parse_json, read_regular_file
 from adadiff.policy.decision import choose_steps, first_within
+from adadiff.policy.errors import BadInputError
 from adadiff.policy.errors import FeatureMismatchError
 from adadiff.policy.network import normalise_tokens
 from policy_helpers import policy_preferring, random_conditioning
@@ -162,3 +169,55 @@ def test_the_network_is_the_pre_norm_encoder_its_files_were_trained_as():
     for layer in policy.encoder.layers:
         assert layer.norm_first is True and layer.self_attn.num_heads == 2 and layer.self_attn.batch_first
         assert layer.linear1.weight.shape == (48, 16) and layer.dropout.p == 0.25
+
+
+# --- bounded reads: what each refusal says ----------------------------------------------------------------------
+
+
+def _readable_block_device() -> Path | None:
+    for path in sorted(Path("/dev").iterdir()):
+        try:
+            if stat.S_ISBLK(path.stat().st_mode) and os.access(path, os.R_OK):
+                return path
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.parametrize("kind", ["character device", "block device"])
+def test_a_special_file_is_refused_naming_what_it_is(kind):
+    if kind == "character device":
+        path = Path("/dev/null")
+    else:
+        path = _readable_block_device()
+        if path is None:
+            pytest.skip("no readable block device on this machine")
+    with pytest.raises(BadInputError) as refused:
+        read_regular_file(path, 1024)
+    assert str(refused.value) == f"{path}: is a {kind}, not a regular file; AdaDiff reads only regular files"
+    assert refused.value.kind == "special"
+
+
+@pytest.mark.parametrize("size, limit, said", [(2**20 + 1, 2**20, "1.0 MB is larger than the 1.0 MB"),
+                                               (100, 50, "100 bytes is larger than the 50 bytes")])
+def test_a_file_over_its_limit_is_refused_in_bytes_or_megabytes(tmp_path, size, limit, said):
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * size)
+    with pytest.raises(BadInputError) as refused:
+        read_regular_file(path, limit)
+    assert str(refused.value) == f"{path}: {said} this file may have" and refused.value.kind == "too_large"
+
+
+def test_a_number_json_cannot_hold_is_an_invalid_input():
+    with pytest.raises(BadInputError) as refused:
+        parse_json('{"dropout": NaN}', "p.json")
+    assert refused.value.kind == "invalid" and "p.json: holds NaN, which is not a JSON number" in str(refused.value)
+
+
+def test_a_socket_cannot_even_be_opened(tmp_path):
+    """The kernel refuses to open a socket (ENXIO) before its kind could be read: refused, nothing read."""
+    path = tmp_path / "s"
+    with socket.socket(socket.AF_UNIX) as listener, pytest.raises(BadInputError) as refused:
+        listener.bind(str(path))
+        read_regular_file(path, 1024)
+    assert str(refused.value) == f"{path}: cannot be opened (No such device or address)"

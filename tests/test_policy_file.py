@@ -148,6 +148,25 @@ def test_a_calibrated_quality_policy_round_trips_and_describes_its_contract(tmp_
     assert "predicted loss is within 2.5%" in describe(loaded.source)
 
 
+@pytest.mark.parametrize("config, rule", [
+    (dict(objective="reinforce"),
+     "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"),
+    (dict(objective="quality", tolerance_pct=2.0),
+     "predicted quality (the fewest steps whose IQS is predicted within 2% of 16 steps; the quality knob divides that "
+     "by 10 per unit)"),
+    (dict(objective="quality", tolerance_pct=2.0, calibrated_thresholds_pct=(9, 8, 7, 6, 4.125, 3, 2, 1, 0)),
+     "predicted quality (at most 2% less IQS than 16 steps on average over held-out prompts: each prompt takes the "
+     "fewest steps whose predicted loss is within 4.12%; the quality knob divides the accepted loss by 10 per unit)"),
+    (dict(objective="reinforce", calibrated_thresholds_pct=(9, 8, 7, 6, 5, 4, 3, 2, 1)),
+     "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"),
+], ids=["reinforce", "quality", "calibrated-quality", "reinforce-with-stray-thresholds"])
+def test_inspect_says_how_the_policy_decides(tmp_path, config, rule):
+    """What a user reads in `inspect` and the webui's About box: the objective's promise, with the knob-0 threshold
+    and the largest option of this file."""
+    policy = init_policy(PolicyConfig(options=(4, 8, 12, 16), **config), seed=3, info=INFO)
+    assert f"  decides by:     {rule}\n" in describe(save_policy(policy, tmp_path / "p.safetensors"))
+
+
 @pytest.mark.parametrize("thresholds, problem", [([1.0, 2.0] + [0.0] * 7, "non-increasing"), ([1.0] * 3, "9 finite"),
                                                  ("fast", "list of numbers")])
 def test_calibrated_thresholds_that_could_mislead_the_knob_are_refused_naming_the_file(saved, thresholds, problem):
@@ -233,11 +252,13 @@ def test_mangled_files_only_ever_raise_policy_file_error(tmp_path, mutations):
     assert isinstance(loaded.config, PolicyConfig)  # a harmless change (e.g. a weight's bits) may still load
 
 
-def test_cache_reads_a_file_once_per_version_on_disk(saved):
+def test_cache_reads_a_file_once_per_version_on_disk(saved, caplog):
     policy, path = saved
     cache = PolicyCache()
-    first = cache.load(path)
-    assert cache.load(path) is first
+    with caplog.at_level("INFO", logger="adadiff.policy.cache"):
+        first = cache.load(path)
+        assert cache.load(path) is first
+    assert [r.getMessage() for r in caplog.records] == [f"AdaDiff: loaded policy {path} (step options 4, 8, 12, 16)"]
     retrained = init_policy(PolicyConfig(options=(4, 8, 12, 16, 20)), seed=12)
     save_policy(retrained, path)
     reloaded = cache.load(path)
