@@ -20,7 +20,9 @@ from .errors import BadInputError
 
 MAX_JSON_DEPTH = 64  # AdaDiff's own JSON is at most 4 levels deep
 MAX_JSON_NUMBER_DIGITS = 100  # far beyond any count or seed; Python refuses to parse > 4300 digits anyway
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# the closing quote is optional so an unterminated string ends the scan at once: with it required, a string of escaped
+# quotes that never closes is retried from every quote (quadratic: a 1 MB header would take hours)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _READ_CHUNK = 1 << 20
 

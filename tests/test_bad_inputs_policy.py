@@ -113,6 +113,8 @@ BAD_FILES = {
     "header-of-100-MB-declared": (lambda d: _raw_header_file(d, b"{" + b" " * (17 * 2**20) + b"}"), "MB header"),
     "header-not-an-object": (lambda d: _raw_header_file(d, [1, 2]), "not a JSON object"),
     "header-nested-100000": (lambda d: _raw_header_file(d, _deep(100000).encode()), "nested 100000 levels"),
+    # an unterminated string of escaped quotes: a quadratic depth scan would take hours (the no_hang alarm fails it)
+    "header-unterminated-escapes-1-MB": (lambda d: _raw_header_file(d, b'{"' + b'\\"' * 2**19), "is not valid JSON"),
     "header-not-utf8": (lambda d: _raw_header_file(d, b'{"\xff": 1}'), "not UTF-8"),
     "header-tensor-entry-damaged": (lambda d: _raw_header_file(d, {
         "__metadata__": {"format": "adadiff-policy", "format_version": "1", "config": json.dumps(SMALL.to_dict()),
