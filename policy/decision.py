@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import FeatureMismatchError
-from .features import PolicyFeatures, check_values, policy_features
+from .features import PolicyFeatures, check_values, non_finite_rows, policy_features
 from .network import CALIBRATED_BIASES, PolicyConfig, StepPolicy
 
 # Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
@@ -87,7 +87,13 @@ def option_logits(policy: StepPolicy, conditioning) -> torch.Tensor:
     finally:
         if was_training:
             policy.train()
-    return logits.float().cpu()
+    logits = logits.float().cpu()
+    rows = non_finite_rows(logits)  # one reduction when all is well
+    if rows:
+        raise ValueError(f"policy {policy.name} gave NaN or Inf outputs for prompt(s) {', '.join(map(str, rows[:5]))} "
+                         "(its weights are too large for float32 arithmetic), so no step count can be read from them; "
+                         "retrain it or use another policy file")
+    return logits
 
 
 def _check_request(quality_bias, min_steps, max_steps) -> None:

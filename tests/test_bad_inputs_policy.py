@@ -158,6 +158,9 @@ BAD_FILES = {
     "tensor-bool": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", lambda t: t > 0)), "stored as BOOL"),
     "tensor-nan": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", lambda t: t * math.nan)), "NaN or Inf"),
     "tensor-inf": (lambda d: _rewritten(d, tensors=_with_tensor("head.0.weight", lambda t: t / 0)), "NaN or Inf"),
+    "tensor-f64-beyond-fp32": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias",
+                                                                            lambda t: t.double() + 1e300)),
+                               "beyond the float32 range"),
     "tensor-wrong-shape": (lambda d: _rewritten(d, tensors=_with_tensor("head.2.bias", torch.zeros(5))), "has shape"),
     "tensor-missing": (lambda d: _rewritten(d, tensors=lambda w: {k: v for k, v in w.items() if k != "head.2.bias"}),
                        "missing ['head.2.bias']"),
@@ -314,6 +317,14 @@ def test_any_finite_bias_decides_and_any_other_is_refused(policy, bias):
     else:
         with pytest.raises(ValueError, match="finite"):
             choose_steps(policy, _features(), quality_bias=bias)
+
+
+def test_a_policy_whose_outputs_overflow_is_refused_naming_its_file(tmp_path):
+    """Finite weights too large for float32 arithmetic give NaN outputs, whose argmax would silently be the fewest
+    steps: the decision refuses them and names the policy."""
+    path = _rewritten(tmp_path, tensors=_with_tensor("head.2.weight", lambda t: torch.full_like(t, 3e38)))
+    with pytest.raises(ValueError, match="policy crafted.safetensors gave NaN or Inf outputs for prompt"):
+        choose_steps(load_policy(path), random_conditioning(2, tokens=5, width=32))
 
 
 # --- saving and the cache ----------------------------------------------------------------------------------------
