@@ -280,6 +280,8 @@ BAD_DECISIONS = {
     "bias-nan": (dict(quality_bias=math.nan), "quality_bias must be a finite number"),
     "bias-text": (dict(quality_bias="high"), "quality_bias must be a finite number"),
     "bias-none": (dict(quality_bias=None), "quality_bias must be a finite number"),
+    "bias-1e38": (dict(quality_bias=1e38), "quality_bias must be between -10 and 10"),  # was: the fewest steps
+    "bias--400": (dict(quality_bias=-400.0), "quality_bias must be between -10 and 10"),  # was: a quality OverflowError
     "max-steps-0": (dict(max_steps=0), "max_steps must be a whole number of at least 1"),
     "max-steps-negative": (dict(max_steps=-5), "max_steps must be a whole number of at least 1"),
     "min-steps-0": (dict(min_steps=0), "min_steps must be a whole number of at least 1"),
@@ -310,13 +312,18 @@ def test_one_non_finite_element_anywhere_is_refused(policy, batch, row, token, c
 
 
 @settings(max_examples=60, deadline=None)
-@given(bias=st.floats(allow_nan=True, allow_infinity=True))
-def test_any_finite_bias_decides_and_any_other_is_refused(policy, bias):
-    if math.isfinite(bias):
-        assert choose_steps(policy, _features(), quality_bias=bias).steps in (5, 10, 20)
+@given(bias=st.floats(-10, 10) | st.floats(allow_nan=True, allow_infinity=True))
+def test_any_bias_within_the_bound_decides_and_any_other_is_refused(policy, bias):
+    """A bias in [-10, 10] decides, never fewer steps than the policy as trained when positive; any other is refused."""
+    features = _features()
+    if abs(bias) <= 10:
+        steps = choose_steps(policy, features, quality_bias=bias).steps
+        assert steps in (5, 10, 20)
+        if bias >= 0:
+            assert steps >= choose_steps(policy, features).steps
     else:
-        with pytest.raises(ValueError, match="finite"):
-            choose_steps(policy, _features(), quality_bias=bias)
+        with pytest.raises(ValueError, match="quality_bias must be"):
+            choose_steps(policy, features, quality_bias=bias)
 
 
 def test_a_policy_whose_outputs_overflow_is_refused_naming_its_file(tmp_path):
