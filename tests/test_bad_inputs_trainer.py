@@ -10,6 +10,8 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,6 +237,30 @@ def _description_file(text):
     return make
 
 
+_RELEASE_AFTER_60_S = ("import os, sys, time\ntime.sleep(60)\ntry:\n"
+                       "    os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK))\nexcept OSError:\n    pass\n")
+_releasers: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_releasers():
+    yield
+    for releaser in _releasers:
+        releaser.kill()
+        releaser.wait()
+
+
+def _fifo_piece(folder):
+    """A FIFO in place of a piece. A reader blocked on it inside safetensors holds the GIL, out of reach of the alarm
+    and of threads, so another process opens and closes it after 60 s: the read ends and the test fails instead of
+    hanging."""
+    piece = _write_table(folder) / "units" / "c00001-s0-o4.safetensors"
+    piece.unlink()
+    os.mkfifo(piece)
+    _releasers.append(subprocess.Popen([sys.executable, "-c", _RELEASE_AFTER_60_S, str(piece)]))
+    return folder
+
+
 LAST = "c00002"  # the last chunk holds one prompt
 TABLE_CASES = {
     "iqs-nan": (lambda d: _write_table(d, _in_piece("c00001-s1-o4.safetensors", _poison_iqs(math.nan))),
@@ -286,6 +312,7 @@ TABLE_CASES = {
         "c00000-features.safetensors: the pooled vector hold NaN or Inf"),
     "piece-damaged": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").write_bytes(b"junk") and d,
                       "c00001-s0-o4.safetensors: this piece of the reward table is damaged (Error while deserializing"),
+    "piece-fifo": (_fifo_piece, "c00001-s0-o4.safetensors: is a FIFO (named pipe), not a regular file"),
     "piece-missing": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").unlink() or d,
                       "the reward table is unfinished"),
     "json-nested": (_description_file('{"prompts": ' + NESTED + "}"), "table.json: JSON nested 10001 levels"),

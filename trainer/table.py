@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..policy import PolicyFeatures
-from ..policy.bounded import parse_json, read_regular_file, short_text
+from ..policy.bounded import check_regular_file, parse_json, read_regular_file, short_text
 from ..policy.errors import BadInputError
 from .config import TrainerInputError
 
@@ -136,6 +136,11 @@ class TableFolder:
 
     def read(self, name: str) -> dict[str, torch.Tensor]:
         path = self.units / name
+        try:
+            check_regular_file(path)  # a FIFO would block load_file forever
+        except BadInputError as error:
+            raise TrainerInputError(f"{error}; delete it and rerun the same generate command to make it "
+                                    "again") from None
         try:
             return load_file(str(path))
         except Exception as error:  # safetensors' own parser: any failure means a damaged piece
