@@ -192,6 +192,10 @@ def _description(**changes):
             "reward": {"name": "toy", "settings": {}, "reference_steps": None}, **changes}
 
 
+def _without(key):
+    return {name: value for name, value in _description().items() if name != key}
+
+
 def _write_table(folder, damage=None, description=None):
     """A finished table of 5 prompts in chunks of 2, 2 seeds, 2 options; ``damage(name, tensors)`` may alter a piece
     before it is written."""
@@ -334,6 +338,13 @@ TABLE_CASES = {
                          "damaged ('seeds' must be a list of whole numbers)"),
     "json-batch-size-missing": (lambda d: _write_table(d, description=_description(batch_size=None)),
                                 "'batch_size' must be a whole number"),
+    # what the policy file records from the table: once a traceback from fit
+    **{f"json-{key}-{kind}": (lambda d, key=key, value=value: _write_table(d, description=_description(
+        **{key: value}) if value is not None else _without(key)), f"table.json: damaged ('{key}' must be an object")
+       for key, kind, value in (("model", "missing", None), ("model", "a-string", "tiny"),
+                                ("model", "fingerprint-a-number", {"model_family": "t", "name": "t", "fingerprint": 0}),
+                                ("sampling", "a-list", ["ddim"]), ("reward", "missing", None),
+                                ("reward", "name-a-number", {"name": 5}))},
     "json-duplicated-prompt": (lambda d: _write_table(d, description=_description(
         prompts=PROMPTS[:4] + [PROMPTS[1]])), "prompt 1 and prompt 4 are the same ('a blue ball')"),
 }

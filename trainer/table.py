@@ -253,6 +253,7 @@ def _check_description(path: Path, description: dict) -> None:
     batch_size = description.get("batch_size")
     if not (type(batch_size) is int and batch_size >= 1):
         problems.append("'batch_size' must be a whole number of at least 1")
+    problems += _object_problems(description)
     if problems:
         raise TrainerInputError(f"{path}: damaged ({'; '.join(problems)}); delete the folder and generate the table "
                                 "again")
@@ -263,6 +264,21 @@ def _check_description(path: Path, description: dict) -> None:
                                     f"({short_text(repr(prompt), 60)}); a prompt may appear once, or it would be "
                                     "both trained and validated on. Generate the table from a file without repeats")
         first_position[prompt] = position
+
+
+def _object_problems(description: dict) -> list[str]:
+    """What the policy file records from the table (fit's policy_info): 'model' with its text name, fingerprint and
+    family (null: unknown), 'sampling', and 'reward' with its text name."""
+    problems = []
+    model, sampling, reward = (description.get(key) for key in ("model", "sampling", "reward"))
+    if not (isinstance(model, dict) and all(isinstance(model.get(key), str) for key in ("name", "fingerprint"))
+            and (model.get("model_family") is None or isinstance(model["model_family"], str))):
+        problems.append("'model' must be an object with a text 'name', 'fingerprint' and 'model_family'")
+    if not isinstance(sampling, dict):
+        problems.append("'sampling' must be an object")
+    if not (isinstance(reward, dict) and isinstance(reward.get("name"), str)):
+        problems.append("'reward' must be an object with a text 'name'")
+    return problems
 
 
 def _check_features(path: Path, features: dict[str, torch.Tensor], size: int, first: dict | None) -> None:
