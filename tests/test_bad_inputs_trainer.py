@@ -64,6 +64,7 @@ NESTED = "[" * 10000 + "]" * 10000
 # case: (argv after "generate", made in a temporary folder: {"prompts": maker, "config": maker, "out": maker},
 #        words the message must hold)
 CLI_CASES = {
+    "prompts-1000001-lines": ({"prompts": _file("p.txt", "ab\n" * 1_000_001)}, "holds more than 1000000 lines"),
     "jsonl-nested": ({"prompts": _file("p.jsonl", '{"prompt": ' + NESTED + "}\n")}, "line 1: JSON nested 10001"),
     "jsonl-5000-digits": ({"prompts": _file("p.jsonl", '{"prompt": "a", "n": ' + "7" * 5000 + "}\n")},
                           "5000-digit number"),
