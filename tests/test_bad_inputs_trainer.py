@@ -88,6 +88,13 @@ CLI_CASES = {
     "toml-fifo": ({"config": _fifo("s.toml")}, "FIFO"),
     "toml-nested": ({"config": _file("s.toml", "reward_settings = {a = " + "[" * 5000 + "]" * 5000 + "}\n")},
                     "too deeply"),
+    **{f"toml-composite-{what}": (
+        {"config": _file("s.toml", f'reward = "composite:toy=1"\nreward_settings = {value}\n')}, words)
+       for what, value, words in (
+        ("weights-5", "{weights = 5}", "--reward: the composite's weights must be a table"),
+        ("weight-text", '{weights = {toy = "half"}}', "--reward: the composite's weights must be a table"),
+        ("weight-nan", "{weights = {toy = nan}}", "--reward: the composite's weights must be a table"),
+        ("component-settings-5", "{toy = 5}", "--reward: the settings of the composite's toy component"))},
     "toml-reward-settings-5": ({"config": _file("s.toml", "reward_settings = 5\n")},
                                "--reward-settings: expected a table, got 5"),
     "toml-scheduler-5": ({"config": _file("s.toml", "scheduler = 5\n")}, "--scheduler: expected text, got 5"),
