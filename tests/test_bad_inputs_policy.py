@@ -213,15 +213,21 @@ json_values = st.recursive(
     | st.text(max_size=20),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
     max_leaves=20)
-config_values = st.fixed_dictionaries({}, optional={
-    name: json_values | st.integers(0, 40) for name in ("options", "token_dim", "pooled_dim", "width", "depth",
-                                                        "heads", "ff_mult", "dropout")})
+# overrides merged into the good file's config and info, often keeping a good value, so many files load
+config_overrides = st.fixed_dictionaries({}, optional={
+    name: st.just(SMALL.to_dict()[name]) | json_values | st.integers(0, 40)
+    for name in ("options", "token_dim", "pooled_dim", "width", "depth", "heads", "ff_mult", "dropout")})
+info_values = json_values | st.dictionaries(
+    st.sampled_from(["model_family", "base_model", "sampling", "reward", "summary"]) | st.text(max_size=8),
+    json_values | st.dictionaries(st.sampled_from(["name", "fingerprint"]) | st.text(max_size=8), json_values,
+                                  max_size=3), max_size=4).map(lambda overrides: {**INFO, **overrides})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(config=config_values, info=json_values)
+@given(config=config_overrides, info=info_values)
 def test_any_json_metadata_loads_or_is_refused_and_inspect_agrees(tmp_path, capsys, config, info):
-    path = _rewritten(tmp_path, config=json.dumps(config), info=json.dumps(info))
+    """Whatever the metadata holds, `inspect` shows exactly the files load_policy loads and refuses the others."""
+    path = _rewritten(tmp_path, config=config, info=info)
     try:
         load_policy(path)
         loaded = True
