@@ -347,11 +347,11 @@ TABLE_CASES = {
     "json-batch-size-missing": (lambda d: _write_table(d, description=_description(batch_size=None)),
                                 "'batch_size' must be a whole number"),
     # what the policy file records from the table: once a traceback from fit
-    **{f"json-{key}-{kind}": (lambda d, key=key, value=value: _write_table(d, description=_description(
-        **{key: value}) if value is not None else _without(key)), f"table.json: damaged ('{key}' must be an object")
-       for key, kind, value in (("model", "missing", None), ("model", "a-string", "tiny"),
+    **{f"json-{key}-{kind}": (lambda d, key=key, value=value: _write_table(d, description=_description(**{key: value})),
+                              f"table.json: damaged ('{key}' must be an object")
+       for key, kind, value in (("model", "a-string", "tiny"),
                                 ("model", "fingerprint-a-number", {"model_family": "t", "name": "t", "fingerprint": 0}),
-                                ("sampling", "a-list", ["ddim"]), ("reward", "missing", None),
+                                ("sampling", "a-list", ["ddim"]), ("reward", "null", None),
                                 ("reward", "name-a-number", {"name": 5}))},
     "json-duplicated-prompt": (lambda d: _write_table(d, description=_description(
         prompts=PROMPTS[:4] + [PROMPTS[1]])), "prompt 1 and prompt 4 are the same ('a blue ball')"),
@@ -383,6 +383,17 @@ def test_every_damaged_reward_table_is_refused_naming_the_piece(tmp_path, capsys
     code = cli.main(["fit", "--table", str(folder), "--out", str(tmp_path / "p.safetensors")])
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("key", ["model", "sampling", "reward"])
+def test_fit_refuses_a_table_that_does_not_record_what_the_policy_file_records(tmp_path, capsys, key):
+    """A table.json without the model, sampling or reward is loadable, but fit would write a policy without them:
+    exit 2 naming table.json and the field (once a KeyError traceback)."""
+    folder = _write_table(tmp_path / "table", description=_without(key))
+    code = cli.main(["fit", "--table", str(folder), "--out", str(tmp_path / "p.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"table.json records no '{key}'" in err and "Traceback" not in err, err
     assert not (tmp_path / "p.safetensors").exists()
 
 

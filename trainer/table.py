@@ -267,16 +267,18 @@ def _check_description(path: Path, description: dict) -> None:
 
 
 def _object_problems(description: dict) -> list[str]:
-    """What the policy file records from the table (fit's policy_info): 'model' with its text name, fingerprint and
-    family (null: unknown), 'sampling', and 'reward' with its text name."""
+    """What the policy file records from the table (fit's policy_info), where the table holds it: 'model' with its
+    text name, fingerprint and family (null: unknown), 'sampling', and 'reward' with its text name. (A table without
+    them still loads; fit refuses it, see policy_info.)"""
     problems = []
     model, sampling, reward = (description.get(key) for key in ("model", "sampling", "reward"))
-    if not (isinstance(model, dict) and all(isinstance(model.get(key), str) for key in ("name", "fingerprint"))
+    if "model" in description and not (
+            isinstance(model, dict) and all(isinstance(model.get(key), str) for key in ("name", "fingerprint"))
             and (model.get("model_family") is None or isinstance(model["model_family"], str))):
         problems.append("'model' must be an object with a text 'name', 'fingerprint' and 'model_family'")
-    if not isinstance(sampling, dict):
+    if "sampling" in description and not isinstance(sampling, dict):
         problems.append("'sampling' must be an object")
-    if not (isinstance(reward, dict) and isinstance(reward.get("name"), str)):
+    if "reward" in description and not (isinstance(reward, dict) and isinstance(reward.get("name"), str)):
         problems.append("'reward' must be an object with a text 'name'")
     return problems
 
