@@ -20,7 +20,9 @@ from .errors import BadInputError
 
 MAX_JSON_DEPTH = 64  # AdaDiff's own JSON is at most 4 levels deep
 MAX_JSON_NUMBER_DIGITS = 100  # far beyond any count or seed; Python refuses to parse > 4300 digits anyway
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+# the closing quote is optional so an unterminated string ends the scan at once: with it required, a string of escaped
+# quotes that never closes is retried from every quote (quadratic: a 1 MB header would take hours)
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"?', re.DOTALL)
 _NOT_A_BRACKET = re.compile(r"[^\[\]{}]+")
 _READ_CHUNK = 1 << 20
 
@@ -45,11 +47,7 @@ def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
         raise BadInputError(f"{short_text(path)}: is not a usable path ({error})", "unreadable") from None
     try:
         status = os.fstat(descriptor)
-        if stat.S_ISDIR(status.st_mode):
-            raise BadInputError(f"{path}: is a folder, not a file", "folder")
-        if not stat.S_ISREG(status.st_mode):
-            raise BadInputError(f"{path}: is a {_special_kind(status.st_mode)}, not a regular file; AdaDiff reads "
-                                "only regular files", "special")
+        _check_kind(path, status)
         if status.st_size > max_bytes:
             raise BadInputError(f"{path}: {_megabytes(status.st_size)} is larger than the {_megabytes(max_bytes)} "
                                 "this file may have", "too_large")
@@ -64,6 +62,26 @@ def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
         raise BadInputError(f"{path}: cannot be read ({error.strerror})", "unreadable") from None
     finally:
         os.close(descriptor)
+
+
+def check_regular_file(path: str | Path) -> None:
+    """Refuse ``path`` as :func:`read_regular_file` would unless it is a regular file (or a link to one), for readers
+    that open the file themselves (``safetensors.load_file`` maps it): opening a FIFO there would block forever."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file", "missing") from None
+    except OSError as error:
+        raise BadInputError(f"{short_text(path)}: cannot be opened ({error.strerror})", "unreadable") from None
+    _check_kind(path, status)
+
+
+def _check_kind(path, status: os.stat_result) -> None:
+    if stat.S_ISDIR(status.st_mode):
+        raise BadInputError(f"{path}: is a folder, not a file", "folder")
+    if not stat.S_ISREG(status.st_mode):
+        raise BadInputError(f"{path}: is a {_special_kind(status.st_mode)}, not a regular file; AdaDiff reads "
+                            "only regular files", "special")
 
 
 def parse_json(text: str | bytes, source: str, max_depth: int = MAX_JSON_DEPTH):

@@ -12,13 +12,18 @@ from dataclasses import dataclass
 import torch
 
 from .errors import FeatureMismatchError
-from .features import PolicyFeatures, check_values, policy_features
+from .features import PolicyFeatures, check_values, non_finite_rows, policy_features
 from .network import CALIBRATED_BIASES, PolicyConfig, StepPolicy
 
 # Log-probability added to the largest option (and proportionally to the others) at quality_bias = 1.
 QUALITY_BIAS_SCALE = 5.0
 # Quality policies: quality_bias b divides the tolerance by TOLERANCE_BIAS_BASE ** b (1 -> a tenth, -1 -> ten times).
 TOLERANCE_BIAS_BASE = 10.0
+# The widest knob a request may ask for. The hosts' knobs run -1 ... +1; at 10 a quality policy's tolerance is already
+# divided (or multiplied) by 10**10 and a REINFORCE policy's log-probabilities shifted by 50, so nothing changes
+# beyond it, while far beyond it the arithmetic breaks (10.0 ** 309 overflows; bias * 5 overflows float32 near 1e38,
+# whose NaN scores picked the fewest steps).
+MAX_QUALITY_BIAS = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,14 +92,24 @@ def option_logits(policy: StepPolicy, conditioning) -> torch.Tensor:
     finally:
         if was_training:
             policy.train()
-    return logits.float().cpu()
+    logits = logits.float().cpu()
+    rows = non_finite_rows(logits)  # one reduction when all is well
+    if rows:
+        raise ValueError(f"policy {policy.name} gave NaN or Inf outputs for prompt(s) {', '.join(map(str, rows[:5]))} "
+                         "(its weights are too large for float32 arithmetic), so no step count can be read from them; "
+                         "retrain it or use another policy file")
+    return logits
 
 
 def _check_request(quality_bias, min_steps, max_steps) -> None:
-    """Refuse a knob or limit that would silently give a meaningless count (NaN bias: the fewest steps; +inf: NaN
-    scores whose argmax is the first option, the opposite of what was asked; max_steps 0: no sampling at all)."""
+    """Refuse a knob or limit that would silently give a meaningless count (NaN bias: the fewest steps; +inf or 1e38:
+    NaN scores whose argmax is the first option, the opposite of what was asked; max_steps 0: no sampling at all)."""
     if isinstance(quality_bias, bool) or not isinstance(quality_bias, numbers.Real) or not math.isfinite(quality_bias):
         raise ValueError(f"quality_bias must be a finite number (-1 fewest steps ... +1 most), got {quality_bias!r}")
+    if abs(quality_bias) > MAX_QUALITY_BIAS:
+        raise ValueError(f"quality_bias must be between {-MAX_QUALITY_BIAS:g} and {MAX_QUALITY_BIAS:g} (each unit "
+                         "divides the accepted quality loss by 10; the hosts' knobs run -1 ... +1), got "
+                         f"{quality_bias!r}")
     for name, value in (("min_steps", min_steps), ("max_steps", max_steps)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
             raise ValueError(f"{name} must be a whole number of at least 1 (or None: no limit), got {value!r}")

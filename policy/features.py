@@ -57,7 +57,7 @@ def check_values(features: PolicyFeatures) -> None:
     """Refuse input no decision can be read from: NaN/Inf anywhere (a broken or fp16-overflowed text encoder; the
     network would return NaN logits, whose argmax is silently the fewest steps) or a row without a real token."""
     bad = [(name, rows) for name, values in (("token states", features.tokens), ("pooled vector", features.pooled))
-           if values is not None and (rows := _non_finite_rows(values))]
+           if values is not None and (rows := non_finite_rows(values))]
     if bad:
         where = "; ".join(f"{name} of prompt(s) {', '.join(map(str, rows[:5]))}" for name, rows in bad)
         raise ValueError(f"the prompt conditioning holds NaN or Inf values ({where}): the text encoder's output is "
@@ -68,7 +68,8 @@ def check_values(features: PolicyFeatures) -> None:
                          "is masked): pass conditioning from a text encoder")
 
 
-def _non_finite_rows(values: torch.Tensor) -> list[int]:
+def non_finite_rows(values: torch.Tensor) -> list[int]:
+    """The rows (first dimension) of ``values`` holding NaN or Inf; one reduction when there are none."""
     if math.isfinite(values.sum(dtype=torch.float32)):  # one reduction: any NaN or Inf makes the sum non-finite
         return []
     return (~torch.isfinite(values.flatten(1)).all(1)).nonzero().flatten().tolist()

@@ -103,9 +103,10 @@ def _read_checked(path: Path) -> _CheckedFile:
         raise PolicyFileError(f"{path}: the weights cannot be read ({short_text(error, 200)}); "
                               f"{_REMEDY_REDOWNLOAD}") from error
     for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            raise PolicyFileError(f"{path}: tensor {name} holds NaN or Inf values (a diverged training run?); "
-                                  "retrain or use an earlier policy file")
+        if not torch.isfinite(tensor.float()).all():  # as the fp32 network will hold it: F64 1e300 becomes inf
+            raise PolicyFileError(f"{path}: tensor {name} holds NaN or Inf values, or values beyond the float32 range "
+                                  "the network computes in (a diverged training run?); retrain or use an earlier "
+                                  "policy file")
     return _CheckedFile(config, info, tensors)
 
 

@@ -8,6 +8,7 @@ small networks trained here for a few steps so that each test prompt's choice is
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -424,9 +425,14 @@ def _assert_loud_fallback(host, processed, caplog, problem: str):
     ("gone.safetensors", "'gone.safetensors' was not found in models/adadiff or extensions/"),
     ("corrupt.safetensors", "corrupt.safetensors: is truncated or not a safetensors file"),
     ("", "no policy selected"),
-])
-def test_a_missing_or_corrupt_policy_keeps_the_users_steps_and_says_so(host, caplog, policy, problem):
+    # reading these would block the webui forever or fill its memory: they are not listed, so not found
+    ("fifo.safetensors", "'fifo.safetensors' was not found in models/adadiff"),
+    ("zero.safetensors", "'zero.safetensors' was not found in models/adadiff"),
+], ids=["missing", "corrupt", "none-selected", "fifo", "link-to-dev-zero"])
+def test_a_missing_special_or_corrupt_policy_keeps_the_users_steps_and_says_so(host, caplog, policy, problem):
     (host.policies / "corrupt.safetensors").write_bytes(b"{ this is not a policy file }" * 4)
+    os.mkfifo(host.policies / "fifo.safetensors")
+    (host.policies / "zero.safetensors").symlink_to("/dev/zero")
     processed = host.generate(host.job([CAT, MARKET], accordion=enabled(policy=policy), batch_size=2))
     _assert_loud_fallback(host, processed, caplog, problem)
 

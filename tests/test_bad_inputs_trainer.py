@@ -10,6 +10,8 @@ import json
 import math
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,7 @@ NESTED = "[" * 10000 + "]" * 10000
 # case: (argv after "generate", made in a temporary folder: {"prompts": maker, "config": maker, "out": maker},
 #        words the message must hold)
 CLI_CASES = {
+    "prompts-1000001-lines": ({"prompts": _file("p.txt", "ab\n" * 1_000_001)}, "holds more than 1000000 lines"),
     "jsonl-nested": ({"prompts": _file("p.jsonl", '{"prompt": ' + NESTED + "}\n")}, "line 1: JSON nested 10001"),
     "jsonl-5000-digits": ({"prompts": _file("p.jsonl", '{"prompt": "a", "n": ' + "7" * 5000 + "}\n")},
                           "5000-digit number"),
@@ -85,6 +88,13 @@ CLI_CASES = {
     "toml-fifo": ({"config": _fifo("s.toml")}, "FIFO"),
     "toml-nested": ({"config": _file("s.toml", "reward_settings = {a = " + "[" * 5000 + "]" * 5000 + "}\n")},
                     "too deeply"),
+    **{f"toml-composite-{what}": (
+        {"config": _file("s.toml", f'reward = "composite:toy=1"\nreward_settings = {value}\n')}, words)
+       for what, value, words in (
+        ("weights-5", "{weights = 5}", "--reward: the composite's weights must be a table"),
+        ("weight-text", '{weights = {toy = "half"}}', "--reward: the composite's weights must be a table"),
+        ("weight-nan", "{weights = {toy = nan}}", "--reward: the composite's weights must be a table"),
+        ("component-settings-5", "{toy = 5}", "--reward: the settings of the composite's toy component"))},
     "toml-reward-settings-5": ({"config": _file("s.toml", "reward_settings = 5\n")},
                                "--reward-settings: expected a table, got 5"),
     "toml-scheduler-5": ({"config": _file("s.toml", "scheduler = 5\n")}, "--scheduler: expected text, got 5"),
@@ -190,6 +200,10 @@ def _description(**changes):
             "reward": {"name": "toy", "settings": {}, "reference_steps": None}, **changes}
 
 
+def _without(key):
+    return {name: value for name, value in _description().items() if name != key}
+
+
 def _write_table(folder, damage=None, description=None):
     """A finished table of 5 prompts in chunks of 2, 2 seeds, 2 options; ``damage(name, tensors)`` may alter a piece
     before it is written."""
@@ -233,6 +247,30 @@ def _description_file(text):
         (folder / "table.json").write_bytes(text if isinstance(text, bytes) else text.encode())
         return folder
     return make
+
+
+_RELEASE_AFTER_60_S = ("import os, sys, time\ntime.sleep(60)\ntry:\n"
+                       "    os.close(os.open(sys.argv[1], os.O_WRONLY | os.O_NONBLOCK))\nexcept OSError:\n    pass\n")
+_releasers: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _stop_releasers():
+    yield
+    for releaser in _releasers:
+        releaser.kill()
+        releaser.wait()
+
+
+def _fifo_piece(folder):
+    """A FIFO in place of a piece. A reader blocked on it inside safetensors holds the GIL, out of reach of the alarm
+    and of threads, so another process opens and closes it after 60 s: the read ends and the test fails instead of
+    hanging."""
+    piece = _write_table(folder) / "units" / "c00001-s0-o4.safetensors"
+    piece.unlink()
+    os.mkfifo(piece)
+    _releasers.append(subprocess.Popen([sys.executable, "-c", _RELEASE_AFTER_60_S, str(piece)]))
+    return folder
 
 
 LAST = "c00002"  # the last chunk holds one prompt
@@ -286,6 +324,7 @@ TABLE_CASES = {
         "c00000-features.safetensors: the pooled vector hold NaN or Inf"),
     "piece-damaged": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").write_bytes(b"junk") and d,
                       "c00001-s0-o4.safetensors: this piece of the reward table is damaged (Error while deserializing"),
+    "piece-fifo": (_fifo_piece, "c00001-s0-o4.safetensors: is a FIFO (named pipe), not a regular file"),
     "piece-missing": (lambda d: (_write_table(d) / "units" / "c00001-s0-o4.safetensors").unlink() or d,
                       "the reward table is unfinished"),
     "json-nested": (_description_file('{"prompts": ' + NESTED + "}"), "table.json: JSON nested 10001 levels"),
@@ -307,9 +346,31 @@ TABLE_CASES = {
                          "damaged ('seeds' must be a list of whole numbers)"),
     "json-batch-size-missing": (lambda d: _write_table(d, description=_description(batch_size=None)),
                                 "'batch_size' must be a whole number"),
+    # what the policy file records from the table: once a traceback from fit
+    **{f"json-{key}-{kind}": (lambda d, key=key, value=value: _write_table(d, description=_description(**{key: value})),
+                              f"table.json: damaged ('{key}' must be an object")
+       for key, kind, value in (("model", "a-string", "tiny"),
+                                ("model", "fingerprint-a-number", {"model_family": "t", "name": "t", "fingerprint": 0}),
+                                ("sampling", "a-list", ["ddim"]), ("reward", "null", None),
+                                ("reward", "name-a-number", {"name": 5}))},
     "json-duplicated-prompt": (lambda d: _write_table(d, description=_description(
         prompts=PROMPTS[:4] + [PROMPTS[1]])), "prompt 1 and prompt 4 are the same ('a blue ball')"),
 }
+
+
+def test_a_prompt_file_of_many_short_lines_is_refused_without_blowing_up_memory(tmp_path):
+    """32 MB of two-letter lines (11 million) grew the reader by 2.65 GB as text; the line count is checked first."""
+    path = tmp_path / "p.txt"
+    path.write_bytes(b"ab\n" * (11 * 2**20))
+    code = ("import resource, sys\nfrom adadiff.trainer.prompts import read_prompts\n"
+            "from adadiff.trainer.config import TrainerInputError\n"
+            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+            "try:\n    read_prompts(sys.argv[1])\nexcept TrainerInputError as e:\n    print('refused:', e)\n"
+            "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    assert "refused:" in result.stdout and "more than 1000000 lines" in result.stdout, result.stdout + result.stderr
+    grew_mb = int(result.stdout.split("grew_kb")[1]) / 1024
+    assert grew_mb < 200, f"refusing a prompt file of short lines raised peak memory by {grew_mb:.0f} MB"
 
 
 @pytest.mark.parametrize("case", TABLE_CASES)
@@ -322,6 +383,17 @@ def test_every_damaged_reward_table_is_refused_naming_the_piece(tmp_path, capsys
     code = cli.main(["fit", "--table", str(folder), "--out", str(tmp_path / "p.safetensors")])
     err = capsys.readouterr().err
     assert code == 2 and words in err and "Traceback" not in err
+    assert not (tmp_path / "p.safetensors").exists()
+
+
+@pytest.mark.parametrize("key", ["model", "sampling", "reward"])
+def test_fit_refuses_a_table_that_does_not_record_what_the_policy_file_records(tmp_path, capsys, key):
+    """A table.json without the model, sampling or reward is loadable, but fit would write a policy without them:
+    exit 2 naming table.json and the field (once a KeyError traceback)."""
+    folder = _write_table(tmp_path / "table", description=_without(key))
+    code = cli.main(["fit", "--table", str(folder), "--out", str(tmp_path / "p.safetensors")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"table.json records no '{key}'" in err and "Traceback" not in err, err
     assert not (tmp_path / "p.safetensors").exists()
 
 

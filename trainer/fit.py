@@ -272,7 +272,12 @@ VALIDATION_SCORES = {
 
 
 def policy_info(description: dict, settings: FitSettings) -> dict:
-    """What the policy file records about its model, sampling and reward, from the table it was fitted on."""
+    """What the policy file records about its model, sampling and reward, from the table it was fitted on (their
+    kinds are checked when the table loads; a table without them cannot make a policy file)."""
+    missing = [key for key in ("model", "sampling", "reward") if key not in description]
+    if missing:
+        raise TrainerInputError(f"the reward table's table.json records no {', '.join(map(repr, missing))}, which the "
+                                "policy file records: the table is damaged; delete the folder and generate it again")
     model = description["model"]
     if settings.objective == "quality":
         objective = {"objective": "quality", "tolerance_pct": settings.tolerance_pct,

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 PROMPT_FILE_KINDS = (".txt", ".jsonl", ".csv")
 PROMPT_FIELD = "prompt"
 MAX_PROMPT_FILE_BYTES = 256 * 2**20  # ~1 million prompts; a larger file is something else
+# Counted before the file is split: each line costs a few hundred bytes as text, so 256 MB of two-letter lines would
+# take ~20 GB, while a million prompts is far beyond any reward table (each one is sampled at every option and seed).
+MAX_PROMPT_LINES = 1_000_000
 _MAX_LISTED_PROBLEMS = 5
 
 
@@ -49,6 +52,10 @@ def read_prompts(path: str | Path) -> PromptSet:
                   "folder": f"{path}: is a folder; point --prompts to a {'/'.join(PROMPT_FILE_KINDS)} file",
                   "unreadable": f"{error}; check the path and its permissions"}
         raise TrainerInputError(remedy.get(error.kind, f"{error}; write the prompts to a regular file")) from None
+    line_count = data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")  # line breaks, as splitlines finds them
+    if line_count > MAX_PROMPT_LINES:
+        raise TrainerInputError(f"{path}: holds more than {MAX_PROMPT_LINES} lines ({line_count}); a reward table "
+                                f"needs far fewer prompts: split the file or pick a subset")
     lines = _decode_lines(path, data)
     reader = {".txt": _from_txt, ".jsonl": _from_jsonl, ".csv": _from_csv}[path.suffix.lower()]
     numbered = reader(path, lines)

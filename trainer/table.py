@@ -31,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..policy import PolicyFeatures
-from ..policy.bounded import parse_json, read_regular_file, short_text
+from ..policy.bounded import check_regular_file, parse_json, read_regular_file, short_text
 from ..policy.errors import BadInputError
 from .config import TrainerInputError
 
@@ -136,6 +136,11 @@ class TableFolder:
 
     def read(self, name: str) -> dict[str, torch.Tensor]:
         path = self.units / name
+        try:
+            check_regular_file(path)  # a FIFO would block load_file forever
+        except BadInputError as error:
+            raise TrainerInputError(f"{error}; delete it and rerun the same generate command to make it "
+                                    "again") from None
         try:
             return load_file(str(path))
         except Exception as error:  # safetensors' own parser: any failure means a damaged piece
@@ -248,6 +253,7 @@ def _check_description(path: Path, description: dict) -> None:
     batch_size = description.get("batch_size")
     if not (type(batch_size) is int and batch_size >= 1):
         problems.append("'batch_size' must be a whole number of at least 1")
+    problems += _object_problems(description)
     if problems:
         raise TrainerInputError(f"{path}: damaged ({'; '.join(problems)}); delete the folder and generate the table "
                                 "again")
@@ -258,6 +264,23 @@ def _check_description(path: Path, description: dict) -> None:
                                     f"({short_text(repr(prompt), 60)}); a prompt may appear once, or it would be "
                                     "both trained and validated on. Generate the table from a file without repeats")
         first_position[prompt] = position
+
+
+def _object_problems(description: dict) -> list[str]:
+    """What the policy file records from the table (fit's policy_info), where the table holds it: 'model' with its
+    text name, fingerprint and family (null: unknown), 'sampling', and 'reward' with its text name. (A table without
+    them still loads; fit refuses it, see policy_info.)"""
+    problems = []
+    model, sampling, reward = (description.get(key) for key in ("model", "sampling", "reward"))
+    if "model" in description and not (
+            isinstance(model, dict) and all(isinstance(model.get(key), str) for key in ("name", "fingerprint"))
+            and (model.get("model_family") is None or isinstance(model["model_family"], str))):
+        problems.append("'model' must be an object with a text 'name', 'fingerprint' and 'model_family'")
+    if "sampling" in description and not isinstance(sampling, dict):
+        problems.append("'sampling' must be an object")
+    if "reward" in description and not (isinstance(reward, dict) and isinstance(reward.get("name"), str)):
+        problems.append("'reward' must be an object with a text 'name'")
+    return problems
 
 
 def _check_features(path: Path, features: dict[str, torch.Tensor], size: int, first: dict | None) -> None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 
+from ...policy.bounded import short_text
 from .base import RewardBackend, check_batch
 
 KNOWN_REWARDS = ("clip", "aesthetic", "hpsv2", "toy", "convergence", "composite")
@@ -26,7 +28,7 @@ def build_reward(name: str, *, device=None, options=None, **settings) -> RewardB
     """
     name, _, spec = name.strip().lower().partition(":")
     if name == "composite":
-        weights = dict(settings.pop("weights", None) or parse_weights(spec))
+        weights = _checked_weights(settings.pop("weights", None)) or parse_weights(spec)
         return _composite(weights, settings, device, options)
     if spec:
         raise ValueError(f"only composite takes ':' settings, got {name}:{spec}")
@@ -78,6 +80,17 @@ def parse_weights(spec: str) -> dict[str, float]:
     return weights
 
 
+def _checked_weights(weights) -> dict[str, float] | None:
+    """The composite's ``weights`` setting: a table of component name -> finite number (None: not given)."""
+    if weights is None:
+        return None
+    if not (isinstance(weights, dict) and all(isinstance(value, (int, float)) and not isinstance(value, bool)
+                                              and math.isfinite(value) for value in weights.values())):
+        raise ValueError(f"the composite's weights must be a table of component name -> finite number, e.g. "
+                         f"{{clip = 0.5, aesthetic = 0.5}}; got {short_text(repr(weights), 60)}")
+    return {str(part): float(weight) for part, weight in weights.items()}
+
+
 def _composite(weights: dict[str, float], settings: dict, device, options) -> RewardBackend:
     from .composite import CompositeScore
 
@@ -87,6 +100,9 @@ def _composite(weights: dict[str, float], settings: dict, device, options) -> Re
     if "composite" in weights:
         raise ValueError("a composite cannot contain another composite")
     for part, weight in weights.items():  # every name and setting checked before any model loads
+        if not isinstance(settings.get(part, {}), dict):
+            raise ValueError(f"the settings of the composite's {part} component must be a table of setting -> value, "
+                             f"got {short_text(repr(settings[part]), 60)}")
         _checked_class(part, settings.get(part, {}))
     given = {"device": device, "options": options}
     return CompositeScore({part: (weight, build_reward(part, **{**given, **settings.get(part, {})}))
