@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adadiff.policy import PolicyConfig, PolicyFeatures, StepChoice, init_policy
-from adadiff.policy.bounded import parse_json, read_regular_file
+from adadiff.policy import PolicyConfig, PolicyFeatures, StepChoice, init_policy, policy_features
+from adadiff.policy.bounded import check_regular_file, parse_json, read_regular_file, short_text
 from adadiff.policy.decision import choose_steps, first_within
 from adadiff.policy.errors import BadInputError
 from adadiff.policy.errors import FeatureMismatchError
@@ -221,3 +221,77 @@ def test_a_socket_cannot_even_be_opened(tmp_path):
         listener.bind(str(path))
         read_regular_file(path, 1024)
     assert str(refused.value) == f"{path}: cannot be opened (No such device or address)"
+
+
+@pytest.mark.parametrize("kind", ["regular", "link", "missing", "folder", "fifo", "socket", "name-too-long"])
+def test_a_file_read_by_another_library_is_checked_first_as_read_regular_file_would(tmp_path, kind):
+    """For files safetensors opens itself (table pieces): the same refusals, by kind, before anything opens them."""
+    path = tmp_path / "piece"
+    expected = {"missing": (f"{path}: no such file", "missing"), "folder": (f"{path}: is a folder, not a file", "folder"),
+                "fifo": (f"{path}: is a FIFO (named pipe), not a regular file; AdaDiff reads only regular files",
+                         "special"),
+                "socket": (f"{path}: is a socket, not a regular file; AdaDiff reads only regular files", "special")}
+    if kind in ("regular", "link"):
+        (tmp_path / "target").write_bytes(b"x")
+        path.symlink_to(tmp_path / "target") if kind == "link" else path.write_bytes(b"x")
+        assert check_regular_file(path) is None
+        return
+    if kind == "folder":
+        path.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "name-too-long":
+        path = tmp_path / ("n" * 300)
+        expected[kind] = (f"{short_text(path)}: cannot be opened (File name too long)", "unreadable")
+    with socket.socket(socket.AF_UNIX) as listener, pytest.raises(BadInputError) as refused:
+        if kind == "socket":
+            listener.bind(str(path))
+        check_regular_file(path)
+    assert (str(refused.value), refused.value.kind) == expected[kind]
+
+
+def test_short_text_keeps_the_start_and_the_end_of_a_long_value():
+    assert short_text("x" * 80) == "x" * 80
+    digits = "".join(str(i % 10) for i in range(100))
+    assert short_text(digits) == f"{digits[:40]}...{digits[-20:]} (100 characters)"
+    assert short_text(digits, 20) == f"{digits[:10]}...{digits[-5:]} (100 characters)"
+
+
+# --- reading the hosts' conditioning ------------------------------------------------------------------------------
+
+
+def test_a_comfyui_entry_may_be_a_lone_tensor_or_carry_extras_that_are_not_a_dict():
+    states = torch.randn(1, 77, 768)
+    for entry in ([states], [states, "not a dict"]):
+        features = policy_features([entry])
+        assert torch.equal(features.tokens, states) and features.pooled is None and features.mask.all()
+
+
+def test_empty_comfyui_conditioning_says_what_to_connect():
+    with pytest.raises(ValueError) as refused:
+        policy_features([])
+    assert str(refused.value) == "the conditioning is empty: connect the positive prompt's CONDITIONING output"
+
+
+def test_an_sdxl_dict_without_a_vector_has_no_pooled_input():
+    features = policy_features({"crossattn": torch.randn(1, 77, 2048)})
+    assert features.pooled is None and features.tokens.shape == (1, 77, 2048)
+
+
+def test_a_batch_without_prompts_is_refused():
+    with pytest.raises(ValueError, match=r"prompt conditioning is empty \(shape \(0, 77, 768\)\)"):
+        policy_features(torch.randn(0, 77, 768))
+
+
+def test_one_prompt_reads_as_a_bool_masked_batch_with_its_pooled_vector_in_the_states_dtype():
+    """A [T, D] prompt and a [D] pooled vector become a batch of one; the pooled vector takes the states' dtype."""
+    states, pooled = torch.randn(77, 2048, dtype=torch.float16), torch.randn(1280)
+    features = policy_features(states, pooled)
+    assert features.mask.dtype == torch.bool and features.mask.shape == (1, 77)
+    assert features.pooled.shape == (1, 1280) and features.pooled.dtype == torch.float16
+
+
+def test_entries_of_mixed_dtypes_are_stacked_in_the_first_entrys_dtype():
+    first, second = torch.randn(1, 77, 768, dtype=torch.float16), torch.randn(1, 154, 768)
+    features = policy_features([[first, {}], [second, {}]])
+    assert features.tokens.dtype == torch.float16 and features.tokens.shape == (2, 154, 768)

@@ -148,6 +148,46 @@ def test_a_calibrated_quality_policy_round_trips_and_describes_its_contract(tmp_
     assert "predicted loss is within 2.5%" in describe(loaded.source)
 
 
+@pytest.mark.parametrize("value, said", [
+    (None, "null"), (True, "true/false"), (1.5, "the number 1.5"),
+    (12345678901234567890123, "the number 1234567890...90123 (23 characters)"),
+    ("short", "the text 'short'"),
+    ("abcdefghij" * 6, "the text 'abcdefghijabcdefghi...bcdefghij' (62 characters)"), ([1], "a JSON array")])
+def test_metadata_of_the_wrong_kind_is_named_as_json_calls_it_shortened(saved, value, said):
+    _, path = saved
+    _rewrite(path, metadata_changes={"info": json.dumps(value)})
+    _assert_error(path, f"metadata 'info' should be a JSON object, got {said}; ")
+
+
+def test_inspect_shows_every_recorded_field_and_says_what_is_not_recorded(tmp_path):
+    full = save_policy(init_policy(PolicyConfig(options=(4, 8, 12, 16), token_dim=2048, pooled_dim=1280), seed=3,
+                                   info=INFO), tmp_path / "full.safetensors")
+    bare = save_policy(init_policy(PolicyConfig(options=(5, 10)), seed=3), tmp_path / "bare.safetensors")
+    rule = "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"
+    assert describe(full) == "\n".join([
+        f"AdaDiff policy full.safetensors ({full.stat().st_size / 2**20:.2f} MB, format version 1)",
+        "  step options:   4, 8, 12, 16",
+        "  reads:          2048-wide token states and a 1280-wide pooled vector",
+        "  network:        3 attention layers, width 64, 4 heads",
+        f"  decides by:     {rule}",
+        "  model family:   sd15",
+        "  base model:     tiny-sd15 (fingerprint sha256:abc)",
+        "  sampling:       guidance=7.5, scheduler=ddim",
+        "  reward:         backend=clip, top_k=3",
+        "  summary:        saving_pct=41.0"])
+    assert describe(bare) == "\n".join([
+        f"AdaDiff policy bare.safetensors ({bare.stat().st_size / 2**20:.2f} MB, format version 1)",
+        "  step options:   5, 10",
+        "  reads:          768-wide token states (no pooled vector)",
+        "  network:        3 attention layers, width 64, 4 heads",
+        f"  decides by:     {rule}",
+        "  model family:   not recorded",
+        "  base model:     not recorded",
+        "  sampling:       not recorded",
+        "  reward:         not recorded",
+        "  summary:        not recorded"])
+
+
 @pytest.mark.parametrize("config, rule", [
     (dict(objective="reinforce"),
      "REINFORCE (the paper's objective: the most likely option; the quality knob shifts it)"),
