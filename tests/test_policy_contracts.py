@@ -11,6 +11,7 @@ from adadiff.policy import PolicyConfig, PolicyFeatures, StepChoice, init_policy
 from adadiff.policy.bounded import check_regular_file, parse_json, read_regular_file, short_text
 from adadiff.policy.decision import choose_steps, first_within
 from adadiff.policy.errors import BadInputError
+from adadiff.policy.features import check_values
 from adadiff.policy.errors import FeatureMismatchError
 from adadiff.policy.network import normalise_tokens
 from policy_helpers import policy_preferring, random_conditioning
@@ -295,3 +296,54 @@ def test_entries_of_mixed_dtypes_are_stacked_in_the_first_entrys_dtype():
     first, second = torch.randn(1, 77, 768, dtype=torch.float16), torch.randn(1, 154, 768)
     features = policy_features([[first, {}], [second, {}]])
     assert features.tokens.dtype == torch.float16 and features.tokens.shape == (2, 154, 768)
+
+
+def test_combined_comfyui_entries_become_padded_masked_rows_in_the_first_entrys_dtype():
+    """Conditioning Combine: each entry a row, padded to the longest and masked, its pooled vector beside it."""
+    first, second = torch.randn(1, 77, 2048, dtype=torch.float16), torch.randn(1, 154, 2048)
+    pooled = [torch.randn(1, 1280, dtype=torch.float16), torch.randn(1, 1280)]
+    features = policy_features([[first, {"pooled_output": pooled[0]}], [second, {"pooled_output": pooled[1]}]])
+    assert features.tokens.dtype == torch.float16 and features.tokens.shape == (2, 154, 2048)
+    assert torch.equal(features.tokens[0, :77], first[0]) and not features.tokens[0, 77:].any()
+    assert torch.equal(features.tokens[1], second[0].half())
+    assert features.mask.dtype == torch.bool
+    assert features.mask[0, :77].all() and not features.mask[0, 77:].any() and features.mask[1].all()
+    assert features.pooled.dtype == torch.float16
+    assert torch.equal(features.pooled, torch.cat([pooled[0], pooled[1].half()]))
+
+
+@pytest.mark.parametrize("tokens, mask, pooled, message", [
+    ((1, 77), (1, 77), None, "tokens must be [B, T, D] with a [B, T] mask, got (1, 77) and (1, 77)"),
+    ((1, 77, 8), (1, 76), None, "tokens must be [B, T, D] with a [B, T] mask, got (1, 77, 8) and (1, 76)"),
+    ((2, 77, 8), (2, 77), (1, 4), "pooled vector must be [B, P] for 2 prompts, got (1, 4)"),
+    ((2, 77, 8), (2, 77), (2,), "pooled vector must be [B, P] for 2 prompts, got (2,)")])
+def test_policy_features_of_the_wrong_shapes_are_refused_saying_which(tokens, mask, pooled, message):
+    with pytest.raises(ValueError) as refused:
+        PolicyFeatures(torch.zeros(tokens), torch.ones(mask, dtype=torch.bool),
+                       None if pooled is None else torch.zeros(pooled))
+    assert str(refused.value) == message
+
+
+def test_unreadable_conditioning_names_its_type_and_what_is_read():
+    with pytest.raises(TypeError) as refused:
+        policy_features(5)
+    assert str(refused.value) == (
+        "cannot read prompt conditioning of type int: expected a ComfyUI CONDITIONING list, an A1111 conditioning "
+        "tensor or SDXL dict, or a diffusers prompt_embeds tensor")
+
+
+def test_broken_conditioning_names_at_most_five_rows_and_says_why():
+    tokens = torch.zeros(7, 4, 8)
+    tokens[:6, 0, 0] = float("nan")
+    with pytest.raises(ValueError) as refused:
+        check_values(PolicyFeatures(tokens, torch.ones(7, 4, dtype=torch.bool), torch.full((7, 2), float("inf"))))
+    assert str(refused.value) == (
+        "the prompt conditioning holds NaN or Inf values (token states of prompt(s) 0, 1, 2, 3, 4; pooled vector of "
+        "prompt(s) 0, 1, 2, 3, 4): the text encoder's output is broken (in fp16 it can overflow: run it in fp32), so no step count "
+        "can be read from it")
+    mask = torch.zeros(7, 4, dtype=torch.bool)
+    mask[6] = True
+    with pytest.raises(ValueError) as refused:
+        check_values(PolicyFeatures(torch.zeros(7, 4, 8), mask))
+    assert str(refused.value) == ("conditioning row(s) 0, 1, 2, 3, 4 hold no real token (every position is masked): "
+                                  "pass conditioning from a text encoder")
