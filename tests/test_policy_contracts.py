@@ -347,3 +347,23 @@ def test_broken_conditioning_names_at_most_five_rows_and_says_why():
         check_values(PolicyFeatures(torch.zeros(7, 4, 8), mask))
     assert str(refused.value) == ("conditioning row(s) 0, 1, 2, 3, 4 hold no real token (every position is masked): "
                                   "pass conditioning from a text encoder")
+
+
+def test_json_numbers_up_to_100_digits_are_read_and_longer_or_infinite_ones_refused_as_invalid():
+    assert parse_json("1" * 100, "s.json") == int("1" * 100)
+    with pytest.raises(BadInputError) as refused:
+        parse_json("-" + "1" * 101, "s.json")
+    assert (str(refused.value), refused.value.kind) == (
+        "s.json: holds a 102-digit number; no AdaDiff setting needs more than 100 digits", "invalid")
+    with pytest.raises(BadInputError) as refused:
+        parse_json("1e999", "s.json")
+    assert (str(refused.value), refused.value.kind) == (
+        "s.json: holds the number 1e999, beyond the range of a float", "invalid")
+
+
+def test_printable_escapes_control_characters_and_cuts_only_beyond_its_limit():
+    from adadiff.policy.describe import printable
+
+    assert printable("a\x1b[31mb\u202ec\nd") == "a\\x1b[31mb\\u202ec\\nd"
+    assert printable("x" * 10, limit=10) == "x" * 10
+    assert printable("x" * 11, limit=10) == "x" * 10 + "... (11 characters)"

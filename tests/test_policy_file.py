@@ -303,3 +303,10 @@ def test_cache_reads_a_file_once_per_version_on_disk(saved, caplog):
     save_policy(retrained, path)
     reloaded = cache.load(path)
     assert reloaded is not first and reloaded.config.options == (4, 8, 12, 16, 20)
+
+
+def test_malformed_info_names_every_wrong_field(saved):
+    _, path = saved
+    _rewrite(path, metadata_changes={"info": json.dumps({**INFO, "sampling": [1], "model_family": 15})})
+    _assert_error(path, "metadata 'info' is malformed ('sampling' should be a JSON object, got a JSON array; "
+                        "'model_family' should be text, got the number 15); ")
