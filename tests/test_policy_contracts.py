@@ -367,3 +367,28 @@ def test_printable_escapes_control_characters_and_cuts_only_beyond_its_limit():
     assert printable("a\x1b[31mb\u202ec\nd") == "a\\x1b[31mb\\u202ec\\nd"
     assert printable("x" * 10, limit=10) == "x" * 10
     assert printable("x" * 11, limit=10) == "x" * 10 + "... (11 characters)"
+
+
+@pytest.mark.parametrize("case", ["missing", "folder", "under-a-file", "nul", "at-the-limit", "grows"])
+def test_read_regular_file_says_what_is_wrong_and_of_which_kind(tmp_path, case):
+    path, limit = tmp_path / "f", 1024
+    expected = {"missing": (f"{path}: no such file", "missing"), "folder": (f"{path}: is a folder, not a file", "folder")}
+    if case == "folder":
+        path.mkdir()
+    elif case == "under-a-file":
+        path.write_bytes(b"x")
+        path = path / "inner"
+        expected[case] = (f"{path}: cannot be opened (a part of the path is a file, not a folder)", "unreadable")
+    elif case == "nul":
+        path = tmp_path / "a\0b"
+        expected[case] = (f"{path}: is not a usable path (embedded null byte)", "unreadable")
+    elif case == "at-the-limit":
+        path.write_bytes(b"x" * limit)
+        assert read_regular_file(path, limit) == b"x" * limit
+        return
+    elif case == "grows":  # /proc files say size 0 and then give more: the reader stops at the limit
+        path, limit = Path("/proc/self/status"), 10
+        expected[case] = (f"{path}: grew past 10 bytes while being read", "too_large")
+    with pytest.raises(BadInputError) as refused:
+        read_regular_file(path, limit)
+    assert (str(refused.value), refused.value.kind) == expected[case]
