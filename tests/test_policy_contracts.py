@@ -392,3 +392,14 @@ def test_read_regular_file_says_what_is_wrong_and_of_which_kind(tmp_path, case):
     with pytest.raises(BadInputError) as refused:
         read_regular_file(path, limit)
     assert (str(refused.value), refused.value.kind) == expected[case]
+
+
+def test_parse_json_reads_64_levels_and_refuses_65_or_bytes_that_are_not_utf8_as_invalid():
+    assert parse_json("[" * 64 + "]" * 64, "d.json") is not None
+    with pytest.raises(BadInputError) as refused:
+        parse_json("[" * 65 + "]" * 65, "d.json")
+    assert (str(refused.value), refused.value.kind) == (
+        "d.json: JSON nested 65 levels deep; at most 64 are read", "invalid")
+    with pytest.raises(BadInputError) as refused:
+        parse_json(b'{"a": "\xff"}', "d.json")
+    assert (str(refused.value), refused.value.kind) == ("d.json: is not UTF-8 text (byte 7)", "invalid")

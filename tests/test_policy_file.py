@@ -310,3 +310,21 @@ def test_malformed_info_names_every_wrong_field(saved):
     _rewrite(path, metadata_changes={"info": json.dumps({**INFO, "sampling": [1], "model_family": 15})})
     _assert_error(path, "metadata 'info' is malformed ('sampling' should be a JSON object, got a JSON array; "
                         "'model_family' should be text, got the number 15); ")
+
+
+def test_save_policy_makes_missing_folders_sorts_info_and_refuses_nan_in_it(tmp_path):
+    from safetensors import safe_open
+
+    policy = init_policy(PolicyConfig(options=(4, 8)), seed=1, info={"zeta": 1, "alpha": 2})
+    path = save_policy(policy, tmp_path / "a" / "b" / "policy.safetensors")
+    with safe_open(str(path), "pt") as handle:
+        assert handle.metadata()["info"] == '{"alpha": 2, "zeta": 1}'
+    policy.info = {"score": float("nan")}
+    with pytest.raises(ValueError):
+        save_policy(policy, tmp_path / "nan.safetensors")
+
+
+def test_a_header_beyond_16_mb_is_refused_in_megabytes(tmp_path):
+    path = tmp_path / "huge-header.safetensors"
+    path.write_bytes(struct.pack("<Q", 17 * 2**20) + b" " * (17 * 2**20))
+    _assert_error(path, "declares a 17 MB header; a policy's is a few KB")
