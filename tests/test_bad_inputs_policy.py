@@ -26,6 +26,7 @@ from adadiff.policy import (PolicyCache, PolicyConfig, PolicyFeatures, PolicyFil
                             load_policy, read_metadata, save_policy)
 from adadiff.policy.__main__ import main as policy_cli
 from adadiff.policy.describe import printable
+from memory_probe import peak_growth_of_refusal
 from policy_helpers import random_conditioning, write_crafted_policy
 
 pytestmark = pytest.mark.usefixtures("no_hang")  # a blocking read fails the test, not the suite
@@ -196,13 +197,9 @@ def test_inspect_subprocess_exits_2_without_traceback_on_a_refused_file(tmp_path
 def test_a_crafted_huge_config_is_refused_without_allocating(tmp_path):
     """The network is never built from a config the tensors do not match: peak memory stays near the file's size."""
     path = BAD_FILES["config-huge-network"][0](tmp_path)
-    code = ("import resource, sys\nfrom adadiff.policy import load_policy, PolicyFileError\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "try:\n    load_policy(sys.argv[1])\nexcept PolicyFileError as e:\n    print('refused:', e)\n"
-            "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
-    assert "refused:" in result.stdout and "has shape" in result.stdout, result.stdout + result.stderr
-    grew_mb = int(result.stdout.split("grew_kb")[1]) / 1024
+    printed, grew_mb = peak_growth_of_refusal("from adadiff.policy import load_policy, PolicyFileError", "load_policy",
+                                              "PolicyFileError", path, timeout=120)
+    assert "refused:" in printed and "has shape" in printed, printed
     assert grew_mb < 100, f"refusing a crafted file raised peak memory by {grew_mb:.0f} MB"
 
 

@@ -24,6 +24,7 @@ from adadiff.trainer.config import (FitSettings, GenerateSettings, JobSettings, 
                                     read_config_file)
 from adadiff.trainer.prompts import read_prompts
 from adadiff.trainer.table import TABLE_FORMAT, TABLE_VERSION, TableFolder, features_name, load_table, unit_name
+from memory_probe import peak_growth_of_refusal
 
 pytestmark = pytest.mark.usefixtures("no_hang")  # a blocking read fails the test, not the suite
 
@@ -362,14 +363,10 @@ def test_a_prompt_file_of_many_short_lines_is_refused_without_blowing_up_memory(
     """32 MB of two-letter lines (11 million) grew the reader by 2.65 GB as text; the line count is checked first."""
     path = tmp_path / "p.txt"
     path.write_bytes(b"ab\n" * (11 * 2**20))
-    code = ("import resource, sys\nfrom adadiff.trainer.prompts import read_prompts\n"
-            "from adadiff.trainer.config import TrainerInputError\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "try:\n    read_prompts(sys.argv[1])\nexcept TrainerInputError as e:\n    print('refused:', e)\n"
-            "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
-    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
-    assert "refused:" in result.stdout and "more than 1000000 lines" in result.stdout, result.stdout + result.stderr
-    grew_mb = int(result.stdout.split("grew_kb")[1]) / 1024
+    printed, grew_mb = peak_growth_of_refusal(
+        "from adadiff.trainer.prompts import read_prompts\nfrom adadiff.trainer.config import TrainerInputError",
+        "read_prompts", "TrainerInputError", path, timeout=300)
+    assert "refused:" in printed and "more than 1000000 lines" in printed, printed
     assert grew_mb < 200, f"refusing a prompt file of short lines raised peak memory by {grew_mb:.0f} MB"
 
 
