@@ -36,15 +36,8 @@ def read_regular_file(path: str | Path, max_bytes: int) -> bytes:
     """
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file", "missing") from None
-    except IsADirectoryError:  # Windows opens no folders; POSIX does, see below
-        raise BadInputError(f"{path}: is a folder, not a file", "folder") from None
-    except OSError as error:
-        problem = "a part of the path is a file, not a folder" if error.errno == errno.ENOTDIR else error.strerror
-        raise BadInputError(f"{short_text(path)}: cannot be opened ({problem})", "unreadable") from None
-    except ValueError as error:  # e.g. a NUL character in the path
-        raise BadInputError(f"{short_text(path)}: is not a usable path ({error})", "unreadable") from None
+    except (OSError, ValueError) as error:
+        raise _unopenable(path, error) from None
     try:
         status = os.fstat(descriptor)
         _check_kind(path, status)
@@ -69,11 +62,21 @@ def check_regular_file(path: str | Path) -> None:
     that open the file themselves (``safetensors.load_file`` maps it): opening a FIFO there would block forever."""
     try:
         status = os.stat(path)
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file", "missing") from None
-    except OSError as error:
-        raise BadInputError(f"{short_text(path)}: cannot be opened ({error.strerror})", "unreadable") from None
+    except (OSError, ValueError) as error:
+        raise _unopenable(path, error) from None
     _check_kind(path, status)
+
+
+def _unopenable(path, error: OSError | ValueError) -> BadInputError:
+    """Why opening (or looking up) ``path`` failed, in the refusal's words."""
+    if isinstance(error, FileNotFoundError):
+        return BadInputError(f"{path}: no such file", "missing")
+    if isinstance(error, IsADirectoryError):  # Windows opens no folders; POSIX does, see _check_kind
+        return BadInputError(f"{path}: is a folder, not a file", "folder")
+    if isinstance(error, ValueError):  # e.g. a NUL character in the path
+        return BadInputError(f"{short_text(path)}: is not a usable path ({error})", "unreadable")
+    problem = "a part of the path is a file, not a folder" if error.errno == errno.ENOTDIR else error.strerror
+    return BadInputError(f"{short_text(path)}: cannot be opened ({problem})", "unreadable")
 
 
 def _check_kind(path, status: os.stat_result) -> None:
