@@ -339,8 +339,8 @@ def test_broken_conditioning_names_at_most_five_rows_and_says_why():
         check_values(PolicyFeatures(tokens, torch.ones(7, 4, dtype=torch.bool), torch.full((7, 2), float("inf"))))
     assert str(refused.value) == (
         "the prompt conditioning holds NaN or Inf values (token states of prompt(s) 0, 1, 2, 3, 4; pooled vector of "
-        "prompt(s) 0, 1, 2, 3, 4): the text encoder's output is broken (in fp16 it can overflow: run it in fp32), so no step count "
-        "can be read from it")
+        "prompt(s) 0, 1, 2, 3, 4): the text encoder's output is broken (in fp16 it can overflow: run it in fp32), so "
+        "no step count can be read from it")
     mask = torch.zeros(7, 4, dtype=torch.bool)
     mask[6] = True
     with pytest.raises(ValueError) as refused:

@@ -11,8 +11,9 @@ Weights (``weights != 1``) change the states after the encoder, differently per 
   position (only tokens whose weight is not 1 are touched);
 * A1111 ("Original" emphasis): ``z * w``, then the chunk is rescaled so its mean over all tokens and channels is
   what it was before weighting, per text encoder (SDXL's CLIP-L and CLIP-G states each keep their own mean, as the
-  webui weighs inside each embedder before joining them). The webui takes that mean over the whole batch it encodes at once; here it is taken
-  per prompt, as the webui does for a batch of one prompt (ComfyUI always encodes one prompt at a time).
+  webui weighs inside each embedder before joining them). The webui takes that mean over the whole batch it encodes
+  at once; here it is taken per prompt, as the webui does for a batch of one prompt (ComfyUI always encodes one
+  prompt at a time).
 
 The pooled vector is never weighted (both hosts take it before weighting).
 """
