@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 _POLICY_TESTS = ["tests/test_policy_decision.py", "tests/test_policy_network.py", "tests/test_policy_features.py",
-                 "tests/test_policy_file.py", "tests/test_bad_inputs_policy.py", "tests/test_policy_contracts.py"]
+                 "tests/test_policy_file.py", "tests/test_bad_inputs_policy.py", "tests/test_policy_contracts.py",
+                 "tests/test_policy_file_messages.py"]
 # Tests that take seconds each (a CLI in a subprocess, a 4 GB allocation refused, long Hypothesis runs): every
 # surviving mutant of a function they reach would rerun them, so they stay out (the CLI is not a mutated module).
 _SLOW_TESTS = ["tests/test_bad_inputs_policy.py::test_inspect_subprocess_exits_2_without_traceback_on_a_refused_file",

@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save_file
 
-from .bounded import parse_json, read_regular_file, short_text
+from .bounded import MAX_JSON_NUMBER_DIGITS, parse_json, read_regular_file, short_text
 from .errors import BadInputError, PolicyFileError
 from .network import PolicyConfig, StepPolicy
 
@@ -64,8 +64,9 @@ def save_policy(policy: StepPolicy, path: str | Path) -> Path:
         "info": json.dumps(policy.info, sort_keys=True, allow_nan=False),  # NaN would be unreadable JSON
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    # a name of its own for every save, so two saves to one path never write into the same temporary file
-    temporary = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    # a name of its own for every save, so two saves to one path never write into the same temporary file; short
+    # whatever the policy's name, so any name the file system takes can be saved
+    temporary = path.with_name(f".adadiff-{os.getpid()}-{secrets.token_hex(4)}.partial")
     try:
         save_file(tensors, str(temporary), metadata=metadata)
         os.replace(temporary, path)  # never leave a half-written policy where a host would pick it up
@@ -125,7 +126,7 @@ def _read_bytes(path: Path) -> bytes:
 def _read_header(path: Path, data: bytes) -> dict:
     """The safetensors JSON header (8-byte length, then a JSON object), or an error saying what the file is."""
     if len(data) < 8:
-        raise PolicyFileError(f"{path}: {_describe_non_safetensors(data, 'too short')}")
+        raise PolicyFileError(f"{path}: {_describe_non_safetensors(data)}")
     (header_length,) = struct.unpack("<Q", data[:8])
     if header_length > len(data) - 8:
         raise PolicyFileError(f"{path}: {_describe_non_safetensors(data, 'its header cannot be read')}")
@@ -141,8 +142,15 @@ def _read_header(path: Path, data: bytes) -> dict:
     return header
 
 
-def _describe_non_safetensors(data: bytes, problem: str) -> str:
-    """Say what the file looks like instead, so the user knows what they downloaded."""
+def _version_number(version: str | None) -> int:
+    """``format_version`` as a number, 0 when it is no plain number (or one too long to be a version)."""
+    numeric = version is not None and version.isascii() and version.isdigit()
+    return int(version) if numeric and len(version) <= MAX_JSON_NUMBER_DIGITS else 0
+
+
+def _describe_non_safetensors(data: bytes, problem: str | None = None) -> str:
+    """Say what the file looks like instead, so the user knows what they downloaded (``problem``: what failed, for
+    data long enough to hold a header)."""
     if data[:2] == b"PK":
         return f"is a zip/torch.save file, not safetensors; AdaDiff never unpickles files. {_REMEDY_GET_POLICY}"
     if data[:1] == b"\x80":
@@ -164,7 +172,7 @@ def _read_metadata(path: Path, header: dict) -> dict:
     version = metadata.get("format_version")
     if version != str(FORMAT_VERSION):
         shown = "(none)" if version is None else repr(short_text(version, 20))
-        if version is not None and version.isascii() and version.isdigit() and int(version[:9]) > FORMAT_VERSION:
+        if _version_number(version) > FORMAT_VERSION:
             raise PolicyFileError(f"{path}: policy format version {shown} is not supported: it is newer than "
                                   f"version {FORMAT_VERSION}, the one this AdaDiff reads; update AdaDiff")
         raise PolicyFileError(f"{path}: policy format version {shown} is not supported: this AdaDiff reads only "

@@ -224,6 +224,97 @@ def test_a_socket_cannot_even_be_opened(tmp_path):
     assert str(refused.value) == f"{path}: cannot be opened (No such device or address)"
 
 
+
+def test_a_folder_is_refused_as_a_folder(tmp_path):
+    """POSIX opens a folder for reading: the opened descriptor's kind is what refuses it."""
+    with pytest.raises(BadInputError) as refused:
+        read_regular_file(tmp_path, 1024)
+    assert (str(refused.value), refused.value.kind) == (f"{tmp_path}: is a folder, not a file", "folder")
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_a_regular_file_that_fails_to_read_is_refused_as_unreadable():
+    """/proc/self/mem is a regular file whose first page cannot be read (EIO)."""
+    with pytest.raises(BadInputError) as refused:
+        read_regular_file("/proc/self/mem", 1024)
+    assert (str(refused.value), refused.value.kind) == ("/proc/self/mem: cannot be read (Input/output error)",
+                                                        "unreadable")
+
+
+def test_a_file_that_grows_while_being_read_is_refused_one_byte_past_its_limit(tmp_path, monkeypatch):
+    """The size on disk passed the check, then the file grew (a download still being written): reading stops one
+    byte past the limit, however much more there is, and the refusal says what happened."""
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * 50)
+    real_read, taken = os.read, []
+
+    def read_then_grow(descriptor, size):
+        chunk = real_read(descriptor, size)
+        taken.append(len(chunk))
+        if len(taken) == 1:
+            with open(path, "ab") as handle:
+                handle.write(b"y" * 1000)
+        return chunk
+
+    monkeypatch.setattr(os, "read", read_then_grow)
+    with pytest.raises(BadInputError) as refused:
+        read_regular_file(path, 100)
+    assert (str(refused.value), refused.value.kind) == (f"{path}: grew past 100 bytes while being read", "too_large")
+    assert sum(taken) == 101
+
+
+def test_a_file_that_grows_in_small_reads_is_still_refused(tmp_path, monkeypatch):
+    """Reads may return less than asked (pipes, network file systems): the limit counts every byte read so far."""
+    path = tmp_path / "growing"
+    path.write_bytes(b"x" * 50)
+    real_read = os.read
+
+    def small_reads_while_growing(descriptor, size):
+        with open(path, "ab") as handle:
+            handle.write(b"y" * 10)
+        return real_read(descriptor, min(size, 30))
+
+    monkeypatch.setattr(os, "read", small_reads_while_growing)
+    with pytest.raises(BadInputError, match="grew past 100 bytes"):
+        read_regular_file(path, 100)
+
+
+def test_files_are_opened_without_blocking_and_never_inherited(tmp_path, monkeypatch):
+    """O_NONBLOCK: a FIFO's open returns at once so its kind can be refused; O_CLOEXEC: the descriptor does not leak
+    into processes a host starts meanwhile (ComfyUI and the webui run other programs)."""
+    path = tmp_path / "f"
+    path.write_bytes(b"{}")
+    real_open, flags = os.open, []
+    monkeypatch.setattr(os, "open", lambda name, mode, *rest: flags.append(mode) or real_open(name, mode, *rest))
+    assert read_regular_file(path, 10) == b"{}"
+    assert flags and all(mode & os.O_NONBLOCK and mode & os.O_CLOEXEC for mode in flags), flags
+
+
+@pytest.mark.parametrize("text, depth", [
+    ('{"a": [1, ' * 33 + "0" + "]}" * 33, 66),  # keys and values between the brackets count for nothing
+    ("[[], " + "[" * 64 + "]" * 64 + "]", 65),  # a closed sibling does not lower the depth of what follows
+    ('["[[[[", ' + "[" * 64 + "]" * 64 + "]", 65),  # brackets inside strings are text
+])
+def test_json_nesting_is_the_depth_of_brackets_outside_strings(text, depth):
+    with pytest.raises(BadInputError) as refused:
+        parse_json(text, "t.json")
+    assert (str(refused.value), refused.value.kind) == (
+        f"t.json: JSON nested {depth} levels deep; at most 64 are read", "invalid")
+    assert parse_json(text, "t.json", max_depth=depth) is not None
+
+
+@pytest.mark.parametrize("text, message", [
+    (b'{"\xff": 1}'.decode("unicode_escape").encode("latin-1"), "t.json: is not UTF-8 text (byte 2)"),
+    ("{oops", "t.json: is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)"),
+    ('{"n": ' + "9" * 101 + "}", "t.json: holds a 101-digit number; no AdaDiff setting needs more than 100 digits"),
+    ('{"x": 1e999}', "t.json: holds the number 1e999, beyond the range of a float"),
+    ('[-Infinity]', "t.json: holds -Infinity, which is not a JSON number; write a finite number"),
+])
+def test_each_json_refusal_is_an_invalid_input_saying_what_is_wrong(text, message):
+    with pytest.raises(BadInputError) as refused:
+        parse_json(text, "t.json")
+    assert (str(refused.value), refused.value.kind) == (message, "invalid")
+
 @pytest.mark.parametrize("kind", ["regular", "link", "missing", "folder", "fifo", "socket", "name-too-long"])
 def test_a_file_read_by_another_library_is_checked_first_as_read_regular_file_would(tmp_path, kind):
     """For files safetensors opens itself (table pieces): the same refusals, by kind, before anything opens them."""
@@ -311,6 +402,25 @@ def test_combined_comfyui_entries_become_padded_masked_rows_in_the_first_entrys_
     assert features.pooled.dtype == torch.float16
     assert torch.equal(features.pooled, torch.cat([pooled[0], pooled[1].half()]))
 
+
+
+def _devices(features: PolicyFeatures) -> set[str]:
+    return {features.tokens.device.type, features.mask.device.type, features.pooled.device.type}
+
+
+def test_one_prompts_features_stay_on_the_device_of_its_token_states():
+    """The meta device stands in for a GPU: the mask is made there and a pooled vector elsewhere is moved there."""
+    features = policy_features(torch.randn(1, 77, 64, device="meta"), torch.randn(1, 32))
+    assert _devices(features) == {"meta"}
+
+
+def test_combined_entries_are_stacked_on_the_first_entrys_device():
+    """Entries on different devices (the meta device standing in for a GPU) are padded and stacked where the first
+    one is; the pooled vectors go there too."""
+    entries = [[torch.randn(1, 77, 64, device="meta"), {"pooled_output": torch.randn(1, 32)}],
+               [torch.randn(1, 154, 64), {"pooled_output": torch.randn(1, 32, device="meta")}]]
+    features = policy_features(entries)
+    assert _devices(features) == {"meta"} and features.tokens.shape == (2, 154, 64)
 
 @pytest.mark.parametrize("tokens, mask, pooled, message", [
     ((1, 77), (1, 77), None, "tokens must be [B, T, D] with a [B, T] mask, got (1, 77) and (1, 77)"),
