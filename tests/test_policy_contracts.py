@@ -93,6 +93,16 @@ def test_the_knob_adds_five_nats_times_the_options_position(bias, steps):
     assert choose_steps(policy, random_conditioning(), quality_bias=bias).steps == steps
 
 
+
+@pytest.mark.parametrize("bias", [10.5, -11.0])
+def test_a_knob_beyond_ten_is_refused_saying_what_a_unit_means(bias):
+    policy = policy_with_logits([0.0, -2.0, -10.0], (10, 20, 30))
+    with pytest.raises(ValueError) as refused:
+        choose_steps(policy, random_conditioning(), quality_bias=bias)
+    assert str(refused.value) == ("quality_bias must be between -10 and 10 (each unit divides the accepted quality "
+                                  f"loss by 10; the hosts' knobs run -1 ... +1), got {bias!r}")
+    assert choose_steps(policy, random_conditioning(), quality_bias=bias / abs(bias) * 10).steps in (10, 30)
+
 @pytest.mark.parametrize("settings", [
     {"options": (1, 2)}, {"options": tuple(range(1, 257))}, {"dropout": 0.0}, {"dropout": 0.999},
     {"depth": 12}, {"ff_mult": 8}, {"token_dim": 16384, "pooled_dim": 16384}, {"width": 2048, "heads": 64},
