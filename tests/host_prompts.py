@@ -113,16 +113,13 @@ def checkpoint_text_pipeline(checkpoint: Path, folder: Path) -> StableDiffusionP
 
 def a1111_checkpoint(base: Path, folder: Path) -> Path:
     """The checkpoint at ``base`` with its CLIP's final layer-norm bias raised by A1111_BIAS_SHIFT on its first
-    A1111_BIAS_CHANNELS channels (in fp16, as stored), written into ``folder`` as ``a1111-<name>`` unless there.
+    A1111_BIAS_CHANNELS channels (in fp16, as stored), written into ``folder`` as ``a1111-<name>``.
 
     A1111's emphasis divides by each chunk's mean state. On the random CLIP-L that mean is ~1e-7 for some prompts,
     where a real v1.10.1 webui's states differed from the trainer's ``a1111`` reading by 2e-3 (summation order);
     raised this way the mean is ~0.08, as a real CLIP's large channels keep it far from zero, and they differed by
-    4e-6 at most. A real webui loads this file; the trainer reads it through :func:`checkpoint_text_pipeline`. The
-    name depends only on ``base`` (whose name carries its recipe's digest), so a file already there is reused."""
+    4e-6 at most. A real webui loads this file; the trainer reads it through :func:`checkpoint_text_pipeline`."""
     path = Path(folder) / f"a1111-{base.name}"
-    if path.exists():
-        return path
     tensors = load_file(str(base))
     key = f"{CLIP_PREFIX}final_layer_norm.bias"
     bias = tensors[key].clone()
