@@ -51,7 +51,9 @@ def policy_controls(store: PolicyStore, elem_id: Callable[[str], str],
     """
     names = store.names()
     with gr.Row():
-        policy = gr.Dropdown(choices=names, value=names[0] if names else None, label="Step policy",
+        # A text value even with no policy: the webui's API converts a pasted infotext's value to the type of the
+        # control's value as built, and drops it when that is None (a webui started before the first policy).
+        policy = gr.Dropdown(choices=names, value=names[0] if names else "", label="Step policy",
                              elem_id=elem_id("policy"))
         refresh = create_refresh_button(policy, lambda: None, lambda: refreshed_list(store, policy.value),
                                         elem_id("refresh_policies"))

@@ -9,18 +9,22 @@ writes it; its UNet and VAE are tiny, fresh and only there so that the trainer's
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adadiff.trainer.model_configs import FAMILIES
 from adadiff.trainer.model_configs.clip_vocab import write_clip_vocab
 
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
+# Channels of the CLIP output raised by A1111_BIAS_SHIFT in the A1111 variant of the checkpoint (see a1111_checkpoint).
+A1111_BIAS_CHANNELS = 8
+A1111_BIAS_SHIFT = 8.0
 
 # Weighted, nested, escaped, long, BREAK, LoRA tags, prompt editing: each host syntax in turn.
 PROMPTS = (
@@ -105,3 +109,23 @@ def checkpoint_text_pipeline(checkpoint: Path, folder: Path) -> StableDiffusionP
                                    image_encoder=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def a1111_checkpoint(base: Path, folder: Path) -> Path:
+    """The checkpoint at ``base`` with its CLIP's final layer-norm bias raised by A1111_BIAS_SHIFT on its first
+    A1111_BIAS_CHANNELS channels (in fp16, as stored), written into ``folder`` as ``a1111-<name>``.
+
+    A1111's emphasis divides by each chunk's mean state. On the random CLIP-L that mean is ~1e-7 for some prompts,
+    where a real v1.10.1 webui's states differed from the trainer's ``a1111`` reading by 2e-3 (summation order);
+    raised this way the mean is ~0.08, as a real CLIP's large channels keep it far from zero, and they differed by
+    4e-6 at most. A real webui loads this file; the trainer reads it through :func:`checkpoint_text_pipeline`."""
+    path = Path(folder) / f"a1111-{base.name}"
+    tensors = load_file(str(base))
+    key = f"{CLIP_PREFIX}final_layer_norm.bias"
+    bias = tensors[key].clone()
+    bias[:A1111_BIAS_CHANNELS] += A1111_BIAS_SHIFT
+    tensors[key] = bias
+    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+    save_file(tensors, str(partial))
+    partial.replace(path)
+    return path

@@ -220,10 +220,19 @@ def test_about_box_after_a_restart_describes_the_restored_policy(models, policy_
         assert about.startswith("AdaDiff policy b.safetensors"), about
 
 
+def test_with_no_policy_the_policy_control_still_holds_text(models):
+    """The webui's API converts a pasted infotext's values to the types of the controls' values as built, and drops
+    a value whose control holds None: a webui started before the first policy was copied in would ignore the policy
+    of a pasted AdaDiff infotext (``"infotext"`` in a txt2img request)."""
+    started_empty = Webui(models)
+    for policy in (started_empty.accordion.controls[1], started_empty.dropdown.controls[0]):
+        assert policy.choices == [] and policy.value == ""
+
+
 def test_refresh_after_adding_the_first_policy_selects_it(models, policy_bytes):
     started_empty = Webui(models)
     policy = started_empty.accordion.controls[1]
-    assert policy.value is None
+    assert not policy.value
     (models / "adadiff" / "new.safetensors").write_bytes(policy_bytes)
     (button,) = [b for b in webui.refresh_buttons if b.listeners["click"][0][2] == [policy]]
     refresh = button.listeners["click"][0][0]

@@ -18,6 +18,17 @@ tiny SD1.5 checkpoint the ComfyUI tests build (full-size CLIP-L, random weights,
   :func:`fixture_summary` of each result was saved with :func:`clip_fingerprint` of the weights. The trainer must
   match within 1e-4. (On the checkpoint's CLIP-L and on the small CLIP alike, the webui's states equalled the
   trainer's ``a1111`` syntax exactly, 0.0 difference, on the machine that made them.)
+* AUTOMATIC1111, a running webui: tests/fixtures/a1111_v1.10.1_webui_sd15_prompts.safetensors holds the same
+  summaries for the same prompts, made in a real AUTOMATIC1111 v1.10.1 webui (commit 82a973c0, run locally on CPU with
+  ``--use-cpu all --no-half --precision full``, ``OMP_NUM_THREADS=1``, default settings) that had loaded
+  ``host_prompts.a1111_checkpoint`` of the checkpoint (its CLIP-L with the final layer-norm bias raised on 8 channels,
+  so that the chunk means A1111 divides by are ~0.08 and the webui's numbers do not depend on the summation order) with
+  the ``.yaml`` of ``test_a1111_real_prompts.tiny_sd15_config``. A throwaway API route inside the webui process (not
+  kept) ran each prompt through ``extra_networks.parse_prompt`` and then ``shared.sd_model.get_learned_conditioning(
+  [prompt])`` under ``torch.no_grad()``, what the extension runs in ``process_batch``; :func:`fixture_summary` of each
+  result was saved with :func:`clip_fingerprint` of that checkpoint's CLIP. The webui's full states were within 4e-6
+  of the trainer's ``a1111`` syntax on every prompt (on the unshifted checkpoint: 2e-3 on prompt 1, whose chunk mean
+  is -6e-8). The trainer must match within 1e-4.
 * End to end: one policy fitted on a reward table the trainer made, then the step count per prompt from the
   trainer's evaluation path (table features -> ``policy_choices``), from the ComfyUI Step Selector in a real ComfyUI
   server and from the A1111 extension on the webui stand-ins, whose ``get_learned_conditioning`` is the trainer's
@@ -48,10 +59,11 @@ from adadiff.trainer.table import RewardTable, load_table
 
 from comfy_checkpoint import cached_tiny_sd15
 from comfy_harness import CACHE_DIR, REPO_ROOT, ComfyServer, comfyui_dir, install_requirements
-from host_prompts import AGREEMENT_PROMPTS, PROMPTS, checkpoint_text_pipeline, small_text_encoder
+from host_prompts import AGREEMENT_PROMPTS, PROMPTS, a1111_checkpoint, checkpoint_text_pipeline, small_text_encoder
 from trainer_fixtures import Brightness
 
 A1111_FIXTURE = Path(__file__).parent / "fixtures" / "a1111_v1.10.1_sd15_prompts.safetensors"
+A1111_WEBUI_FIXTURE = Path(__file__).parent / "fixtures" / "a1111_v1.10.1_webui_sd15_prompts.safetensors"
 SUMMARY_ROWS = (1, -76)  # first prompt token of the first and of the last chunk
 PROJECTION_WIDTH = 8
 OPTIONS = (1, 2, 3)
@@ -149,14 +161,24 @@ def small_encoder(tmp_path_factory):
     return small_text_encoder(tmp_path_factory.mktemp("small-clip-vocab"))
 
 
-def test_a1111_syntax_equals_fixtures_from_real_a1111(small_encoder):
-    pipe = small_encoder
-    with safe_open(str(A1111_FIXTURE), "pt") as handle:
+@pytest.fixture(scope="module")
+def a1111_pipe(checkpoint, tmp_path_factory):
+    """The trainer's pipeline on the A1111 variant of the checkpoint (the file a real webui loaded)."""
+    folder = tmp_path_factory.mktemp("a1111-checkpoint")
+    return checkpoint_text_pipeline(a1111_checkpoint(checkpoint, folder), folder / "clip-vocab")
+
+
+@pytest.mark.parametrize(("fixture_file", "encoder"), [(A1111_FIXTURE, "small_encoder"),
+                                                       (A1111_WEBUI_FIXTURE, "a1111_pipe")],
+                         ids=["v1.10.1-modules", "v1.10.1-webui"])
+def test_a1111_syntax_equals_fixtures_from_real_a1111(fixture_file, encoder, request):
+    pipe = request.getfixturevalue(encoder)
+    with safe_open(str(fixture_file), "pt") as handle:
         assert json.loads(handle.metadata()["prompts"]) == list(PROMPTS), "fixture made for other prompts"
         fixture = {key: handle.get_tensor(key) for key in handle.keys()}
     torch.testing.assert_close(clip_fingerprint(pipe.text_encoder), fixture["clip_fingerprint"], atol=0, rtol=0,
-                               msg="tests/comfy_checkpoint.py builds other weights than the fixture was made with; "
-                                   "remake the fixture as this file's docstring says")
+                               msg="the tests build other CLIP weights than the fixture was made with; remake the "
+                                   "fixture as this file's docstring says")
     comfyui = host_conditioning(pipe, PROMPTS, "comfyui")
     for index, (prompt, (states, _)) in enumerate(zip(PROMPTS, host_conditioning(pipe, PROMPTS, "a1111"))):
         summary = fixture_summary(states)
