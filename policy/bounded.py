@@ -71,7 +71,7 @@ def _unopenable(path, error: OSError | ValueError) -> BadInputError:
     """Why opening (or looking up) ``path`` failed, in the refusal's words."""
     if isinstance(error, FileNotFoundError):
         return BadInputError(f"{path}: no such file", "missing")
-    if isinstance(error, IsADirectoryError):  # Windows opens no folders; POSIX does, see _check_kind
+    if os.path.isdir(path):  # Windows refuses to open a folder (Permission denied); POSIX opens it, see _check_kind
         return BadInputError(f"{path}: is a folder, not a file", "folder")
     if isinstance(error, ValueError):  # e.g. a NUL character in the path
         return BadInputError(f"{short_text(path)}: is not a usable path ({error})", "unreadable")

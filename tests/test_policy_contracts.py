@@ -235,8 +235,14 @@ def test_a_socket_cannot_even_be_opened(tmp_path):
 
 
 
-def test_a_folder_is_refused_as_a_folder(tmp_path):
-    """POSIX opens a folder for reading: the opened descriptor's kind is what refuses it."""
+@pytest.mark.parametrize("system", ["posix", "windows"])
+def test_a_folder_is_refused_as_a_folder(tmp_path, monkeypatch, system):
+    """POSIX opens a folder for reading and the opened descriptor's kind refuses it; Windows refuses to open it
+    (PermissionError, stood in for by the one call that differs), and the path is found to be a folder."""
+    if system == "windows":
+        def windows_open(path, flags, *rest):
+            raise PermissionError(13, "Permission denied", str(path))
+        monkeypatch.setattr(os, "open", windows_open)
     with pytest.raises(BadInputError) as refused:
         read_regular_file(tmp_path, 1024)
     assert (str(refused.value), refused.value.kind) == (f"{tmp_path}: is a folder, not a file", "folder")
@@ -311,6 +317,7 @@ def test_json_nesting_is_the_depth_of_brackets_outside_strings(text, depth):
     assert (str(refused.value), refused.value.kind) == (
         f"t.json: JSON nested {depth} levels deep; at most 64 are read", "invalid")
     assert parse_json(text, "t.json", max_depth=depth) is not None
+    assert parse_json("5", "t.json", max_depth=0) == 5  # a lone value has no depth
 
 
 @pytest.mark.parametrize("text, message", [
