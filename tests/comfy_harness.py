@@ -238,6 +238,7 @@ class ComfyServer:
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.5)
         else:
+            self.stop()  # a server still starting would outlive the failed test (and hold its memory) until pytest ends
             raise RuntimeError(f"ComfyUI did not answer within {timeout} s:\n{self.log_tail()}")
         self.stream = _EventStream(f"ws://127.0.0.1:{self.port}/ws?clientId={self.client_id}")
         self.stream.start()
