@@ -19,6 +19,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from adadiff.policy import read_metadata
 from adadiff.trainer import cli
 from adadiff.trainer.config import (FitSettings, GenerateSettings, JobSettings, TrainerInputError, build_settings,
                                     read_config_file)
@@ -352,6 +353,7 @@ TABLE_CASES = {
                               f"table.json: damaged ('{key}' must be an object")
        for key, kind, value in (("model", "a-string", "tiny"),
                                 ("model", "fingerprint-a-number", {"model_family": "t", "name": "t", "fingerprint": 0}),
+                                ("model", "family-a-number", {"model_family": 5, "name": "t", "fingerprint": "t"}),
                                 ("sampling", "a-list", ["ddim"]), ("reward", "null", None),
                                 ("reward", "name-a-number", {"name": 5}))},
     "json-duplicated-prompt": (lambda d: _write_table(d, description=_description(
@@ -383,19 +385,35 @@ def test_every_damaged_reward_table_is_refused_naming_the_piece(tmp_path, capsys
     assert not (tmp_path / "p.safetensors").exists()
 
 
-@pytest.mark.parametrize("key", ["model", "sampling", "reward"])
-def test_fit_refuses_a_table_that_does_not_record_what_the_policy_file_records(tmp_path, capsys, key):
+@pytest.mark.parametrize("keys", [("model",), ("sampling",), ("reward",), ("model", "reward")])
+def test_fit_refuses_a_table_that_does_not_record_what_the_policy_file_records(tmp_path, capsys, keys):
     """A table.json without the model, sampling or reward is loadable, but fit would write a policy without them:
-    exit 2 naming table.json and the field (once a KeyError traceback)."""
-    folder = _write_table(tmp_path / "table", description=_without(key))
+    exit 2 naming table.json and the fields (once a KeyError traceback)."""
+    description = {name: value for name, value in _description().items() if name not in keys}
+    folder = _write_table(tmp_path / "table", description=description)
     code = cli.main(["fit", "--table", str(folder), "--out", str(tmp_path / "p.safetensors")])
     err = capsys.readouterr().err
-    assert code == 2 and f"table.json records no '{key}'" in err and "Traceback" not in err, err
+    named = ", ".join(f"'{key}'" for key in keys)
+    assert code == 2 and "Traceback" not in err, err
+    assert (f"the reward table's table.json records no {named}, which the policy file records: the table is damaged; "
+            "delete the folder and generate it again") in err, err
     assert not (tmp_path / "p.safetensors").exists()
 
 
-def test_a_damaged_piece_says_how_to_make_it_again(tmp_path):
-    folder = TABLE_CASES["piece-damaged"][0](tmp_path / "table")
+@pytest.mark.parametrize("family", ["left-out", None])
+def test_a_table_whose_model_family_is_unknown_makes_a_policy_that_says_so(tmp_path, family):
+    """'model_family' null or left out (a model the trainer could not place): the table loads and fits, and the
+    policy records the family as unknown."""
+    model = {"name": "tiny", "fingerprint": "sha256:0", **({} if family == "left-out" else {"model_family": family})}
+    folder = _write_table(tmp_path / "table", description=_description(model=model))
+    out = tmp_path / "p.safetensors"
+    assert cli.main(["fit", "--table", str(folder), "--out", str(out), "--max-updates", "2"]) == 0
+    assert read_metadata(out)["info"]["model_family"] is None
+
+
+@pytest.mark.parametrize("case", ["piece-damaged", "piece-fifo"])
+def test_a_damaged_piece_says_how_to_make_it_again(tmp_path, case):
+    folder = TABLE_CASES[case][0](tmp_path / "table")
     with pytest.raises(TrainerInputError, match="delete it and rerun the same generate command to make it again$"):
         load_table(folder)
 

@@ -190,6 +190,24 @@ def test_weights_safetensors_cannot_read_are_refused_with_its_own_words(tmp_path
     assert str(refused.value) == f"{path}: the weights cannot be read ({safetensors_says.value}); {REDOWNLOAD}"
 
 
+def test_a_long_reason_from_safetensors_is_shortened_to_200_characters(tmp_path):
+    """A header entry whose offsets are text: safetensors quotes the text in full (412 characters here); the message
+    keeps the reason's first 100 and last 50 characters."""
+    data = save_policy(init_policy(SMALL), tmp_path / "good.safetensors").read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + length])
+    header[NAMES[0]]["data_offsets"] = ["x" * 300, 0]
+    path = with_header(tmp_path, json.dumps(header).encode(), data[8 + length:])
+    with pytest.raises(Exception) as safetensors_says:
+        load_safetensors_bytes(path.read_bytes())
+    reason = str(safetensors_says.value)
+    assert len(reason) > 300
+    with pytest.raises(PolicyFileError) as refused:
+        load_policy(path)
+    shortened = f"{reason[:100]}...{reason[-50:]} ({len(reason)} characters)"
+    assert str(refused.value) == f"{path}: the weights cannot be read ({shortened}); {REDOWNLOAD}"
+
+
 def test_a_policy_loads_onto_the_device_asked_for(tmp_path):
     """``device`` is honoured (the meta device stands in for a GPU: a CPU-only machine still tells them apart)."""
     path = save_policy(init_policy(SMALL), tmp_path / "p.safetensors")

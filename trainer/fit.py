@@ -287,7 +287,7 @@ def policy_info(description: dict, settings: FitSettings) -> dict:
                      "miss_penalty": settings.miss_penalty, "saving_term": "1 - (steps / max_steps)^2",
                      "quality_term": "IQS min-max normalised over the options, per prompt and seed"}
     return {
-        "model_family": model["model_family"],
+        "model_family": model.get("model_family"),  # null or left out: unknown
         "base_model": {"name": model["name"], "fingerprint": model["fingerprint"]},
         "sampling": {**description["sampling"], "seeds": description["seeds"]},
         "reward": {"backend": description["reward"]["name"], **objective},
