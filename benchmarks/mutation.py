@@ -44,13 +44,15 @@ GROUPS = {
         "tests": ["tests/test_trainer_fit.py", "tests/test_trainer_loss_threshold.py", "tests/test_trainer_evaluate.py",
                   "tests/test_table_search.py", "tests/test_bad_inputs_trainer.py", "tests/test_trainer_contracts.py"],
     },
-    # The hosts' decision paths: the webui job and its settings, ComfyUI's shared node inputs and policy folder. The
-    # host tests that run a real ComfyUI (a server subprocess) or load the extension the webui's way (under another
-    # package name) reach code mutmut cannot switch, so the in-process tests of these modules are the ones that count
-    # (test_comfy_decision_path.py imports the real ComfyUI's modules into the test process for that).
+    # The webui job's decision path and its settings. The host tests that run a real ComfyUI (a server subprocess)
+    # or load the extension the webui's way (under another package name) reach code mutmut cannot switch, so the
+    # in-process tests of these modules are the ones that count. ComfyUI's decision path (nodes/step_inputs.py) has
+    # in-process tests too (test_comfy_decision_path.py), but each mutant's process would import ComfyUI again (~30 s
+    # of CPU, an hour for its ~185 mutants), and mutmut's CPU limit cuts such runs short as timeouts, which count as
+    # killed: it is left out (see benchmarks/results/mutation.md).
     "hosts": {
-        "mutate": ["a1111_script/job.py", "a1111_script/settings.py", "nodes/step_inputs.py", "nodes/policy_folder.py"],
-        "tests": ["tests/test_a1111_settings.py", "tests/test_hosts_contracts.py", "tests/test_comfy_decision_path.py"],
+        "mutate": ["a1111_script/job.py", "a1111_script/settings.py"],
+        "tests": ["tests/test_a1111_settings.py", "tests/test_hosts_contracts.py"],
     },
     "policy-files": {
         "mutate": ["policy/features.py", "policy/fileformat.py", "policy/bounded.py", "policy/cache.py",
@@ -102,9 +104,6 @@ def write_config(group: str, where: Path) -> None:
 def _env() -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     env.pop("PYTHONPATH", None)  # the staged copy, not a worktree shim, must be the `adadiff` the tests import
-    unpacked = sorted((ROOT / ".cache").glob("comfyui-*/main.py"))  # the ComfyUI the tests unpacked (not staged)
-    if unpacked:
-        env.setdefault("ADADIFF_COMFYUI_DIR", str(unpacked[-1].parent))
     return env
 
 
