@@ -67,6 +67,23 @@ def test_a_policy_that_will_not_load_keeps_the_users_steps_and_says_why():
     assert p.comments == [f"AdaDiff: {note}"] and p.extra_generation_params[ERROR_KEY] == note
 
 
+
+def test_an_unforeseen_error_while_loading_keeps_the_users_steps_and_logs_its_traceback(caplog):
+    """Not a refused file but a bug or a broken install (here a RuntimeError): the job runs the user's steps, says so
+    in the note and the infotext, and the log holds the traceback (the webui alone would only have logged it)."""
+    def crash(name):
+        raise RuntimeError("CUDA error: out of memory")
+
+    p = Processing()
+    with caplog.at_level(logging.INFO, logger="adadiff"):
+        assert start_job(p, ("fast.safetensors", 0.0, 1, 150), crash) is None and current_job(p) is None
+    note = ("loading the policy fast.safetensors failed (RuntimeError('CUDA error: out of memory')); ran the requested "
+            "20 steps")
+    assert p.steps == USER_STEPS and p.comments == [f"AdaDiff: {note}"] and p.extra_generation_params[ERROR_KEY] == note
+    failure = [record for record in caplog.records if record.exc_info]
+    assert [record.getMessage() for record in failure] == ["AdaDiff: loading the policy failed"]
+    assert failure[0].exc_info[0] is RuntimeError
+
 def test_a_batch_runs_the_policys_choice_and_says_so(capsys):
     """p.steps becomes the choice, an earlier batch's error goes, and the line names the policy and both counts."""
     p, job = started()
