@@ -325,3 +325,14 @@ def test_every_result_file_the_readme_names_is_stored():
     assert len(named) >= 5, f"the README names too few result files to be checked: {sorted(named)}"
     missing = sorted(name for name in named if not (ROOT / name).exists())
     assert not missing, f"README names result files that are not stored: {missing}"
+
+
+def test_every_stored_mutation_survivor_is_judged_equivalent():
+    """The README says every survivor of the last mutation runs is equivalent: each one the stored runs list must
+    carry the reason `mutation.py` took from mutation_equivalent.txt."""
+    runs = sorted(path for path in RESULTS.glob("mutation_*.txt") if path.name != "mutation_equivalent.txt")
+    survivors = [line.strip() for path in runs for line in path.read_text(encoding="utf-8").splitlines()
+                 if re.match(r"  [a-z ]+: adadiff\.", line)]
+    assert runs and survivors, "no stored mutation run lists its survivors"
+    assert [line for line in survivors if "(equivalent: " not in line] == []
+    assert "every survivor equivalent" in README
