@@ -19,7 +19,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from adadiff.policy import (PolicyCache, PolicyConfig, PolicyFeatures, PolicyFileError, choose_steps, init_policy,
@@ -27,45 +26,21 @@ from adadiff.policy import (PolicyCache, PolicyConfig, PolicyFeatures, PolicyFil
 from adadiff.policy.__main__ import main as policy_cli
 from adadiff.policy.describe import printable
 from memory_probe import peak_growth_of_refusal
-from policy_helpers import random_conditioning, write_crafted_policy
+from policy_helpers import (SMALL_CONFIG, copy_with_changes, fifo, file_of_bytes, file_with_header,
+                            good_policy_file, random_conditioning, sparse_file, write_crafted_policy)
 
 pytestmark = pytest.mark.usefixtures("no_hang")  # a blocking read fails the test, not the suite
 
-SMALL = PolicyConfig(options=(2, 4, 8), width=16, heads=2, depth=1, token_dim=32)
+SMALL = SMALL_CONFIG
 INFO = {"model_family": "sd15", "base_model": {"name": "tiny", "fingerprint": "sha256:ab"}, "sampling": {"guidance": 2}}
 
 
 def _good_file(folder):
-    return save_policy(init_policy(SMALL, seed=1, info=INFO), folder / "good.safetensors")
+    return good_policy_file(folder, INFO)
 
 
-def _written(folder, data: bytes):
-    path = folder / "written.safetensors"
-    path.write_bytes(data)
-    return path
-
-
-def _rewritten(folder, *, metadata=None, config=None, info=None, tensors=None):
-    """A copy of a good policy file with parts replaced (as a user's crafted download would have them)."""
-    with safe_open(str(_good_file(folder)), "pt") as handle:
-        meta = dict(handle.metadata())
-        weights = {name: handle.get_tensor(name) for name in handle.keys()}
-    if config is not None:
-        meta["config"] = config if isinstance(config, str) else json.dumps({**json.loads(meta["config"]), **config})
-    if info is not None:
-        meta["info"] = info if isinstance(info, str) else json.dumps(info)
-    meta.update(metadata or {})
-    path = folder / "crafted.safetensors"
-    save_file(tensors(weights) if tensors else weights, str(path), metadata=meta)
-    return path
-
-
-def _raw_header_file(folder, header: dict | bytes, data: bytes = b""):
-    """A file laid out as safetensors with an arbitrary header."""
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    path = folder / "crafted.safetensors"
-    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
-    return path
+def _rewritten(folder, **changes):
+    return copy_with_changes(_good_file(folder), **changes)
 
 
 def _with_tensor(name, value):
@@ -77,19 +52,6 @@ def _with_tensor(name, value):
 
 def _deep(depth: int) -> str:
     return "[" * depth + "]" * depth
-
-
-def _sparse_file(folder, size):
-    path = folder / "huge.safetensors"
-    with open(path, "wb") as handle:
-        handle.truncate(size)
-    return path
-
-
-def _fifo(folder):
-    path = folder / "fifo.safetensors"
-    os.mkfifo(path)
-    return path
 
 
 def _link(folder, target):
@@ -104,32 +66,32 @@ BAD_FILES = {
     "dangling-link": (lambda d: _link(d, d / "deleted.safetensors"), "no such policy file"),
     "folder": (lambda d: d, "is a folder"),
     "link-to-dev-zero": (lambda d: _link(d, "/dev/zero"), "character device, not a regular file"),
-    "fifo": (_fifo, "FIFO (named pipe), not a regular file"),
+    "fifo": (fifo, "FIFO (named pipe), not a regular file"),
     "300-char-name": (lambda d: d / ("p" * 300 + ".safetensors"), "cannot be opened (File name too long)"),
-    "empty": (lambda d: _written(d, b""), "0 bytes long"),
-    "2-GB-sparse": (lambda d: _sparse_file(d, 2 * 2**30), "larger than the 256.0 MB"),
-    "pickle": (lambda d: _written(d, b"\x80\x04K\x01."), "pickle"),
-    "zip": (lambda d: _written(d, b"PK\x03\x04" + b"\0" * 40), "zip"),
-    "header-length-beyond-file": (lambda d: _raw_header_file(d, struct.pack("<Q", 2**40)), "truncated"),
-    "header-of-100-MB-declared": (lambda d: _raw_header_file(d, b"{" + b" " * (17 * 2**20) + b"}"), "MB header"),
-    "header-not-an-object": (lambda d: _raw_header_file(d, [1, 2]), "not a JSON object"),
-    "header-nested-100000": (lambda d: _raw_header_file(d, _deep(100000).encode()), "nested 100000 levels"),
+    "empty": (lambda d: file_of_bytes(d, b""), "0 bytes long"),
+    "2-GB-sparse": (lambda d: sparse_file(d, 2 * 2**30), "larger than the 256.0 MB"),
+    "pickle": (lambda d: file_of_bytes(d, b"\x80\x04K\x01."), "pickle"),
+    "zip": (lambda d: file_of_bytes(d, b"PK\x03\x04" + b"\0" * 40), "zip"),
+    "header-length-beyond-file": (lambda d: file_with_header(d, struct.pack("<Q", 2**40)), "truncated"),
+    "header-of-100-MB-declared": (lambda d: file_with_header(d, b"{" + b" " * (17 * 2**20) + b"}"), "MB header"),
+    "header-not-an-object": (lambda d: file_with_header(d, [1, 2]), "not a JSON object"),
+    "header-nested-100000": (lambda d: file_with_header(d, _deep(100000).encode()), "nested 100000 levels"),
     # an unterminated string of escaped quotes: a quadratic depth scan would take hours (the no_hang alarm fails it)
-    "header-unterminated-escapes-1-MB": (lambda d: _raw_header_file(d, b'{"' + b'\\"' * 2**19), "is not valid JSON"),
-    "header-not-utf8": (lambda d: _raw_header_file(d, b'{"\xff": 1}'), "not UTF-8"),
-    "header-tensor-entry-damaged": (lambda d: _raw_header_file(d, {
+    "header-unterminated-escapes-1-MB": (lambda d: file_with_header(d, b'{"' + b'\\"' * 2**19), "is not valid JSON"),
+    "header-not-utf8": (lambda d: file_with_header(d, b'{"\xff": 1}'), "not UTF-8"),
+    "header-tensor-entry-damaged": (lambda d: file_with_header(d, {
         "__metadata__": {"format": "adadiff-policy", "format_version": "1", "config": json.dumps(SMALL.to_dict()),
                          "info": "{}"},
         **{name: {"dtype": "F32", "shape": "many", "data_offsets": [0, 4]}
            for name in init_policy(SMALL).state_dict()}}), "is damaged"),
     "safetensors-but-no-metadata": (lambda d: save_file({"w": torch.zeros(2)}, str(d / "l.safetensors"))
                                     or d / "l.safetensors", "not an AdaDiff policy"),
-    "format-version-as-number": (lambda d: _raw_header_file(d, {"__metadata__": {
+    "format-version-as-number": (lambda d: file_with_header(d, {"__metadata__": {
         "format": "adadiff-policy", "format_version": 1}}), "['format_version'] is not text"),
     "format-version-newer": (lambda d: _rewritten(d, metadata={"format_version": "2"}), "update AdaDiff"),
     "format-version-garbage": (lambda d: _rewritten(d, metadata={"format_version": "v1"}),
                                "reads only version 1"),
-    "config-missing": (lambda d: _raw_header_file(d, {"__metadata__": {
+    "config-missing": (lambda d: file_with_header(d, {"__metadata__": {
         "format": "adadiff-policy", "format_version": "1"}}), "metadata 'config' is missing"),
     "config-not-json": (lambda d: _rewritten(d, config="{oops"), "metadata 'config': is not valid JSON"),
     "config-a-list": (lambda d: _rewritten(d, config="[1]"), "should be a JSON object, got a JSON array"),
@@ -166,7 +128,7 @@ BAD_FILES = {
     "tensor-missing": (lambda d: _rewritten(d, tensors=lambda w: {k: v for k, v in w.items() if k != "head.2.bias"}),
                        "missing ['head.2.bias']"),
     "tensor-extra": (lambda d: _rewritten(d, tensors=_with_tensor("evil", torch.zeros(1))), "unexpected ['evil']"),
-    "data-truncated": (lambda d: _written(d, _good_file(d).read_bytes()[:-40]), "the weights cannot be read"),
+    "data-truncated": (lambda d: file_of_bytes(d, _good_file(d).read_bytes()[:-40]), "the weights cannot be read"),
 }
 
 

@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load as load_safetensors_bytes
-from safetensors.torch import save_file
 
-from adadiff.policy import PolicyConfig, PolicyFileError, init_policy, load_policy, save_policy
+from adadiff.policy import PolicyFileError, init_policy, load_policy, save_policy
 from adadiff.policy.describe import describe, printable
+from policy_helpers import (SMALL_CONFIG, copy_with_changes, fifo, file_of_bytes, file_with_header,
+                            good_policy_file, sparse_file)
 
-SMALL = PolicyConfig(options=(2, 4, 8), width=16, heads=2, depth=1, token_dim=32)
+SMALL = SMALL_CONFIG
 NAMES = sorted(init_policy(SMALL).state_dict())
 METADATA = {"format": "adadiff-policy", "format_version": "1", "config": json.dumps(SMALL.to_dict()), "info": "{}"}
 REDOWNLOAD = "download or export the policy again"
@@ -29,49 +28,14 @@ GET_POLICY = "Get the .safetensors policy file, or make one with adadiff-train"
 TRUNCATED = f"is truncated or not a safetensors file (its header cannot be read); {REDOWNLOAD}"
 
 
-def written(folder, data: bytes):
-    path = folder / "crafted.safetensors"
-    path.write_bytes(data)
-    return path
-
-
-def with_header(folder, header: dict | bytes, data: bytes = b""):
-    """Bytes laid out as safetensors: the header's length, the header, then ``data``."""
-    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
-    return written(folder, struct.pack("<Q", len(raw)) + raw + data)
-
-
 def tensors_declared(entries: dict):
     """A header with the good metadata and these tensor entries."""
-    return lambda folder: with_header(folder, {"__metadata__": METADATA, **entries})
+    return lambda folder: file_with_header(folder, {"__metadata__": METADATA, **entries})
 
 
-def rewritten(metadata=None, tensors=None):
-    """A saved policy with metadata values replaced or tensors changed."""
-    def make(folder):
-        saved = save_policy(init_policy(SMALL, seed=1), folder / "good.safetensors")
-        with safe_open(str(saved), "pt") as handle:
-            meta = {**handle.metadata(), **(metadata or {})}
-            weights = {name: handle.get_tensor(name) for name in handle.keys()}
-        path = folder / "crafted.safetensors"
-        save_file(tensors(weights) if tensors else weights, str(path), metadata=meta)
-        return path
-    return make
-
-
-def sparse(size: int):
-    def make(folder):
-        path = folder / "huge.safetensors"
-        with open(path, "wb") as handle:
-            handle.truncate(size)
-        return path
-    return make
-
-
-def fifo(folder):
-    path = folder / "pipe.safetensors"
-    os.mkfifo(path)
-    return path
+def rewritten(**changes):
+    """A saved policy with parts replaced (see ``copy_with_changes``)."""
+    return lambda folder: copy_with_changes(good_policy_file(folder), **changes)
 
 
 def config_with(**changes):
@@ -87,38 +51,40 @@ MESSAGES = {
     "folder": (lambda d: d, "{path}: is a folder, not a policy file; point to the .safetensors file inside it"),
     "fifo": (fifo, f"{{path}}: is a FIFO (named pipe), not a regular file; AdaDiff reads only regular files. "
                    f"{GET_POLICY}"),
-    "257-MB": (sparse(257 * 2**20), "{path}: 257.0 MB is larger than the 256.0 MB this file may have; a step policy "
-                                    f"is a few MB: is this a checkpoint? {GET_POLICY}"),
-    "7-bytes": (lambda d: written(d, b"1234567"),
+    "257-MB": (lambda d: sparse_file(d, 257 * 2**20),
+               "{path}: 257.0 MB is larger than the 256.0 MB this file may have; a step policy is a few MB: is this a "
+               f"checkpoint? {GET_POLICY}"),
+    "7-bytes": (lambda d: file_of_bytes(d, b"1234567"),
                 f"{{path}}: is 7 bytes long, too short for a safetensors file; {REDOWNLOAD}"),
-    "short-pickle": (lambda d: written(d, b"\x80\x04K\x01."),
+    "short-pickle": (lambda d: file_of_bytes(d, b"\x80\x04K\x01."),
                      f"{{path}}: is a Python pickle, not safetensors; AdaDiff never unpickles files. {GET_POLICY}"),
-    "zip": (lambda d: written(d, b"PK\x03\x04" + bytes(40)),
+    "zip": (lambda d: file_of_bytes(d, b"PK\x03\x04" + bytes(40)),
             f"{{path}}: is a zip/torch.save file, not safetensors; AdaDiff never unpickles files. {GET_POLICY}"),
-    "8-bytes-declaring-a-header": (lambda d: written(d, struct.pack("<Q", 1)), f"{{path}}: {TRUNCATED}"),
-    "header-2-bytes-past-the-end": (lambda d: written(d, struct.pack("<Q", 10) + b"{}"), f"{{path}}: {TRUNCATED}"),
-    "header-length-with-the-top-bit-set": (lambda d: written(d, struct.pack("<Q", 2**63 + 2) + b"{}"),
+    "8-bytes-declaring-a-header": (lambda d: file_of_bytes(d, struct.pack("<Q", 1)), f"{{path}}: {TRUNCATED}"),
+    "header-2-bytes-past-the-end": (lambda d: file_of_bytes(d, struct.pack("<Q", 10) + b"{}"),
+                                    f"{{path}}: {TRUNCATED}"),
+    "header-length-with-the-top-bit-set": (lambda d: file_of_bytes(d, struct.pack("<Q", 2**63 + 2) + b"{}"),
                                            f"{{path}}: {TRUNCATED}"),
-    "empty-header": (lambda d: written(d, struct.pack("<Q", 0)),
+    "empty-header": (lambda d: file_of_bytes(d, struct.pack("<Q", 0)),
                      "{path}: is truncated or not a safetensors file (its header: is not valid JSON (Expecting value "
                      f"at line 1 column 1)); {REDOWNLOAD}"),
-    "header-not-json": (lambda d: with_header(d, b"{oops"),
+    "header-not-json": (lambda d: file_with_header(d, b"{oops"),
                         "{path}: is truncated or not a safetensors file (its header: is not valid JSON (Expecting "
                         f"property name enclosed in double quotes at line 1 column 2)); {REDOWNLOAD}"),
-    "header-not-an-object": (lambda d: with_header(d, [1]), "{path}: is truncated or not a safetensors file (its "
+    "header-not-an-object": (lambda d: file_with_header(d, [1]), "{path}: is truncated or not a safetensors file (its "
                                                             f"header is not a JSON object); {REDOWNLOAD}"),
-    "header-of-16-MB-is-read": (lambda d: with_header(d, b"{" + b" " * (16 * 2**20 - 2) + b"}"),
+    "header-of-16-MB-is-read": (lambda d: file_with_header(d, b"{" + b" " * (16 * 2**20 - 2) + b"}"),
                                 "{path}: is a safetensors file but not an AdaDiff policy (no 'adadiff-policy' "
                                 f"metadata). {GET_POLICY}"),
-    "header-one-byte-over-16-MB": (lambda d: with_header(d, b"{" + b" " * (16 * 2**20 - 1) + b"}"),
+    "header-one-byte-over-16-MB": (lambda d: file_with_header(d, b"{" + b" " * (16 * 2**20 - 1) + b"}"),
                                    "{path}: declares a 16 MB header; a policy's is a few KB, so this is not a policy "
                                    f"file. {GET_POLICY}"),
-    "metadata-not-text": (lambda d: with_header(d, {"__metadata__": {"format": "adadiff-policy",
+    "metadata-not-text": (lambda d: file_with_header(d, {"__metadata__": {"format": "adadiff-policy",
                                                                      **{f"k{i}" * 30: i for i in range(4)}}}),
                           "{path}: metadata ['k0k0k0k0k0k0k0k0k0k0...k0k0k0k0k0 (60 characters)', "
                           "'k1k1k1k1k1k1k1k1k1k1...k1k1k1k1k1 (60 characters)', 'k2k2k2k2k2k2k2k2k2k2...k2k2k2k2k2 "
                           f"(60 characters)'] is not text, as safetensors requires: the file is damaged; {REDOWNLOAD}"),
-    "format-version-missing": (lambda d: with_header(d, {"__metadata__": {"format": "adadiff-policy"}}),
+    "format-version-missing": (lambda d: file_with_header(d, {"__metadata__": {"format": "adadiff-policy"}}),
                                "{path}: policy format version (none) is not supported: this AdaDiff reads only "
                                f"version 1; {REDOWNLOAD}"),
     "format-version-long-text": (rewritten(metadata={"format_version": "v" * 30}),
@@ -137,7 +103,8 @@ MESSAGES = {
     "format-version-of-101-digits": (rewritten(metadata={"format_version": "9" * 101}),
                                      "{path}: policy format version '9999999999...99999 (101 characters)' is not "
                                      f"supported: this AdaDiff reads only version 1; {REDOWNLOAD}"),
-    "config-missing": (lambda d: with_header(d, {"__metadata__": {"format": "adadiff-policy", "format_version": "1"}}),
+    "config-missing": (lambda d: file_with_header(d, {"__metadata__": {"format": "adadiff-policy",
+                                                                        "format_version": "1"}}),
                        f"{{path}}: metadata 'config' is missing; {REDOWNLOAD}"),
     "config-a-list": (rewritten(metadata={"config": "[1]"}),
                       f"{{path}}: metadata 'config' should be a JSON object, got a JSON array; {REDOWNLOAD}"),
@@ -184,7 +151,7 @@ def test_weights_safetensors_cannot_read_are_refused_with_its_own_words(tmp_path
     data = save_policy(init_policy(SMALL), tmp_path / "good.safetensors").read_bytes()[:-40]
     with pytest.raises(Exception) as safetensors_says:
         load_safetensors_bytes(data)
-    path = written(tmp_path, data)
+    path = file_of_bytes(tmp_path, data)
     with pytest.raises(PolicyFileError) as refused:
         load_policy(path)
     assert str(refused.value) == f"{path}: the weights cannot be read ({safetensors_says.value}); {REDOWNLOAD}"
@@ -197,7 +164,7 @@ def test_a_long_reason_from_safetensors_is_shortened_to_200_characters(tmp_path)
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + length])
     header[NAMES[0]]["data_offsets"] = ["x" * 300, 0]
-    path = with_header(tmp_path, json.dumps(header).encode(), data[8 + length:])
+    path = file_with_header(tmp_path, json.dumps(header).encode(), data[8 + length:])
     with pytest.raises(Exception) as safetensors_says:
         load_safetensors_bytes(path.read_bytes())
     reason = str(safetensors_says.value)
