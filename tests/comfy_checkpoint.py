@@ -156,9 +156,14 @@ def build_tiny_sd15(path: Path, seed: int = 0) -> Path:
     _unet(weights)
     _clip_text(weights)
     _vae(weights)
+    return write_checkpoint(weights.tensors, path)
+
+
+def write_checkpoint(tensors: dict[str, torch.Tensor], path: Path) -> Path:
+    """Write ``tensors`` to ``path`` through a temporary name, so a parallel run never reads half a checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    save_file(weights.tensors, str(partial))
+    save_file(tensors, str(partial))
     partial.replace(path)
     return path
 

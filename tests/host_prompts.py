@@ -9,17 +9,17 @@ writes it; its UNet and VAE are tiny, fresh and only there so that the trainer's
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from adadiff.trainer.model_configs import FAMILIES
 from adadiff.trainer.model_configs.clip_vocab import write_clip_vocab
+from comfy_checkpoint import write_checkpoint
 
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 # Channels of the CLIP output raised by A1111_BIAS_SHIFT in the A1111 variant of the checkpoint (see a1111_checkpoint).
@@ -125,7 +125,4 @@ def a1111_checkpoint(base: Path, folder: Path) -> Path:
     bias = tensors[key].clone()
     bias[:A1111_BIAS_CHANNELS] += A1111_BIAS_SHIFT
     tensors[key] = bias
-    partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
-    save_file(tensors, str(partial))
-    partial.replace(path)
-    return path
+    return write_checkpoint(tensors, path)
