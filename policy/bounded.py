@@ -72,16 +72,20 @@ def _unopenable(path, error: OSError | ValueError) -> BadInputError:
     if isinstance(error, FileNotFoundError):
         return BadInputError(f"{path}: no such file", "missing")
     if os.path.isdir(path):  # Windows refuses to open a folder (Permission denied); POSIX opens it, see _check_kind
-        return BadInputError(f"{path}: is a folder, not a file", "folder")
+        return _folder(path)
     if isinstance(error, ValueError):  # e.g. a NUL character in the path
         return BadInputError(f"{short_text(path)}: is not a usable path ({error})", "unreadable")
     problem = "a part of the path is a file, not a folder" if error.errno == errno.ENOTDIR else error.strerror
     return BadInputError(f"{short_text(path)}: cannot be opened ({problem})", "unreadable")
 
 
+def _folder(path) -> BadInputError:
+    return BadInputError(f"{path}: is a folder, not a file", "folder")
+
+
 def _check_kind(path, status: os.stat_result) -> None:
     if stat.S_ISDIR(status.st_mode):
-        raise BadInputError(f"{path}: is a folder, not a file", "folder")
+        raise _folder(path)
     if not stat.S_ISREG(status.st_mode):
         raise BadInputError(f"{path}: is a {_special_kind(status.st_mode)}, not a regular file; AdaDiff reads "
                             "only regular files", "special")
